@@ -1,0 +1,117 @@
+//! One log line per request, written when the response body is finished (or abandoned), so it
+//! carries the real byte count and total time. Never the query string, `Authorization` or
+//! cookies: only the fields below.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use tracing::{Level, info};
+
+use crate::body::ProxyBody;
+use crate::error::BoxError;
+
+/// What the router learned about a request, logged when its response ends.
+#[derive(Debug)]
+pub struct AccessEntry {
+    pub method: Method,
+    /// Path without the query.
+    pub path: String,
+    pub route: &'static str,
+    pub status: StatusCode,
+    pub upstream_time: Option<Duration>,
+    /// The `error` code when the proxy answered with an error.
+    pub error: Option<&'static str>,
+    started: Instant,
+}
+
+impl AccessEntry {
+    /// `None` when info-level logging is off for this target, so a silent proxy pays nothing.
+    pub fn start(method: &Method, path: &str, started: Instant) -> Option<Self> {
+        tracing::enabled!(target: "access", Level::INFO).then(|| Self {
+            method: method.clone(),
+            path: path.to_owned(),
+            route: "forward",
+            status: StatusCode::OK,
+            upstream_time: None,
+            error: None,
+            started,
+        })
+    }
+}
+
+/// The response body with its access-log entry; logs on drop.
+#[derive(Debug)]
+pub struct LoggedBody {
+    inner: ProxyBody,
+    entry: Option<AccessEntry>,
+    bytes: u64,
+    complete: bool,
+}
+
+impl LoggedBody {
+    pub fn new(inner: ProxyBody, entry: Option<AccessEntry>) -> Self {
+        let complete = inner.is_end_stream();
+        Self {
+            inner,
+            entry,
+            bytes: 0,
+            complete,
+        }
+    }
+}
+
+impl Body for LoggedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.bytes += data.len() as u64;
+                } else if frame.is_trailers() {
+                    self.complete = true;
+                }
+            }
+            Poll::Ready(None) => self.complete = true,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for LoggedBody {
+    fn drop(&mut self) {
+        let Some(e) = self.entry.take() else { return };
+        let upstream_ms = e.upstream_time.map(|d| d.as_secs_f64() * 1e3);
+        info!(
+            target: "access",
+            method = %e.method,
+            path = %e.path,
+            route = e.route,
+            status = e.status.as_u16(),
+            upstream_ms,
+            bytes = self.bytes,
+            duration_ms = e.started.elapsed().as_secs_f64() * 1e3,
+            complete = self.complete || self.inner.is_end_stream(),
+            error = e.error,
+            "request"
+        );
+    }
+}

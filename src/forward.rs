@@ -1,0 +1,419 @@
+//! Forwarding to the Node upstream: the pooled client, hop-by-hop headers, `X-Forwarded-*`,
+//! protocol upgrades (WebSocket) and upstream timeouts.
+//!
+//! A request goes out as the client sent it: same method, the path and query byte for byte,
+//! end-to-end headers with duplicates in order, the body streamed. Only what RFC 9110 §7.6.1
+//! calls hop-by-hop is removed, and `X-Forwarded-*` is added.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::Body as _;
+use http_body_util::{Either, Empty};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tracing::{debug, warn};
+
+use crate::config::{ForwardingConfig, UpstreamConfig};
+use crate::error::ProxyError;
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded in either direction.
+/// `Upgrade` is put back for upgrade requests and 101 responses.
+static HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+
+/// What a forwarded request came back with, for the access log.
+pub struct Forwarded {
+    pub response: Response<Incoming>,
+    /// Time until the upstream's response headers arrived.
+    pub upstream_time: Duration,
+}
+
+/// The connection-level facts forwarding needs about the client.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientConn {
+    pub peer: SocketAddr,
+    /// `true` when the client reached us over TLS (sets `X-Forwarded-Proto`).
+    pub tls: bool,
+}
+
+pub struct Forwarder {
+    client: Client<HttpConnector, UpstreamBody>,
+    authority: Authority,
+    response_timeout: Duration,
+    retry_idempotent: bool,
+    options: ForwardingConfig,
+}
+
+impl Forwarder {
+    pub fn new(upstream: &UpstreamConfig, options: &ForwardingConfig) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(upstream.connect_timeout.0));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(upstream.pool_idle_timeout.0)
+            .pool_max_idle_per_host(upstream.pool_max_idle)
+            // A pooled connection found closed before the request was written is retried by
+            // the client itself; the after-write case is `retry_idempotent` below.
+            .retry_canceled_requests(true)
+            .build(connector);
+        Self {
+            client,
+            authority: upstream.url.authority.clone(),
+            response_timeout: upstream.response_timeout.0,
+            retry_idempotent: upstream.retry_idempotent,
+            options: options.clone(),
+        }
+    }
+
+    /// Sends `request` upstream and returns the upstream's response with hop-by-hop headers
+    /// removed. Upgrades (101) are tunnelled in a spawned task once both sides switch.
+    pub async fn forward(
+        &self,
+        mut request: Request<Incoming>,
+        conn: ClientConn,
+    ) -> Result<Forwarded, ProxyError> {
+        let upgrade = requested_upgrade(&request);
+        let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
+        let (mut parts, body) = request.into_parts();
+
+        // Headers first: an HTTP/2 client's `:authority` is read from the client's URI.
+        prepare_request_headers(
+            &mut parts.headers,
+            &parts.uri,
+            parts.version,
+            upgrade.as_ref(),
+            conn,
+            &self.options,
+        )
+        .map_err(ProxyError::BadTarget)?;
+        parts.uri = self.upstream_uri(&parts.uri)?;
+        parts.version = Version::HTTP_11;
+
+        let started = Instant::now();
+        let mut response = if body.is_end_stream() {
+            // No body: the request can be rebuilt, so a pooled connection the upstream closed
+            // under us is retried once for idempotent methods.
+            let retry = (self.retry_idempotent && is_idempotent(&parts.method)).then(|| {
+                let mut copy = Request::new(Either::Right(Empty::new()));
+                *copy.method_mut() = parts.method.clone();
+                *copy.uri_mut() = parts.uri.clone();
+                *copy.version_mut() = parts.version;
+                *copy.headers_mut() = parts.headers.clone();
+                copy
+            });
+            let first = Request::from_parts(parts, Either::Right(Empty::new()));
+            match self.send(first).await {
+                Err(e) if retry.is_some() && is_stale_connection(&e) => {
+                    debug!(error = %e, "pooled upstream connection closed before answering; retrying once");
+                    self.send(retry.expect("checked is_some")).await?
+                }
+                other => other?,
+            }
+        } else {
+            self.send(Request::from_parts(parts, Either::Left(body)))
+                .await?
+        };
+        let upstream_time = started.elapsed();
+
+        match (upgrade, client_upgrade) {
+            (Some(protocol), Some(client_side))
+                if response.status() == StatusCode::SWITCHING_PROTOCOLS =>
+            {
+                let upstream_side = hyper::upgrade::on(&mut response);
+                strip_hop_by_hop(response.headers_mut());
+                let headers = response.headers_mut();
+                headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                headers.insert(header::UPGRADE, protocol);
+                tokio::spawn(tunnel(client_side, upstream_side));
+            }
+            _ => strip_hop_by_hop(response.headers_mut()),
+        }
+        Ok(Forwarded {
+            response,
+            upstream_time,
+        })
+    }
+
+    async fn send(&self, request: Request<UpstreamBody>) -> Result<Response<Incoming>, ProxyError> {
+        match tokio::time::timeout(self.response_timeout, self.client.request(request)).await {
+            Err(_) => Err(ProxyError::UpstreamTimeout(self.response_timeout)),
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(e)) if e.is_connect() => Err(ProxyError::UpstreamConnect(e.into())),
+            Ok(Err(e)) => Err(ProxyError::UpstreamProtocol(e.into())),
+        }
+    }
+
+    /// The upstream's scheme and authority with the client's path and query, byte for byte.
+    fn upstream_uri(&self, uri: &Uri) -> Result<Uri, ProxyError> {
+        let path_and_query = match uri.path_and_query() {
+            Some(pq) if pq.as_str().starts_with('/') => pq.clone(),
+            // Absolute-form without a path ("http://host") means "/"; "*" (OPTIONS) and
+            // authority-form (CONNECT) have no meaning for the upstream application.
+            None if uri.scheme().is_some() => PathAndQuery::from_static("/"),
+            _ => return Err(ProxyError::BadTarget(format!("request target {uri:?}"))),
+        };
+        Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|e| ProxyError::BadTarget(e.to_string()))
+    }
+}
+
+/// The `Upgrade` value of an HTTP/1.1 upgrade request (`Connection: upgrade` + `Upgrade`).
+fn requested_upgrade<B>(request: &Request<B>) -> Option<HeaderValue> {
+    if request.version() != Version::HTTP_11 {
+        return None;
+    }
+    let headers = request.headers();
+    let wants = connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"));
+    wants
+        .then(|| headers.get(header::UPGRADE).cloned())
+        .flatten()
+}
+
+/// The comma-separated tokens of every `Connection` header.
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Removes the hop-by-hop headers and every header the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = connection_tokens(headers)
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Turns the client's headers into the upstream's: hop-by-hop removed, `Host` kept (from
+/// `:authority` for HTTP/2 clients), `X-Forwarded-*` set, upgrade headers put back.
+fn prepare_request_headers(
+    headers: &mut HeaderMap,
+    client_uri: &Uri,
+    client_version: Version,
+    upgrade: Option<&HeaderValue>,
+    conn: ClientConn,
+    options: &ForwardingConfig,
+) -> Result<(), String> {
+    strip_hop_by_hop(headers);
+    // HTTP/2 clients send `:authority` instead of `Host`; the upstream sees it as `Host`, the
+    // same as from an HTTP/1.1 client.
+    if client_version == Version::HTTP_2
+        && !headers.contains_key(header::HOST)
+        && let Some(authority) = client_uri.authority()
+    {
+        let value = HeaderValue::from_str(authority.as_str()).map_err(|e| e.to_string())?;
+        headers.insert(header::HOST, value);
+    }
+    if options.x_forwarded_for {
+        append_forwarded_for(headers, conn.peer.ip());
+    }
+    if options.x_forwarded_proto {
+        let proto = if conn.tls { "https" } else { "http" };
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    }
+    if options.x_forwarded_host
+        && let Some(host) = headers.get(header::HOST).cloned()
+    {
+        headers.insert(X_FORWARDED_HOST.clone(), host);
+    }
+    if let Some(protocol) = upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol.clone());
+    }
+    Ok(())
+}
+
+/// Appends the client address to `X-Forwarded-For`, folding repeated header lines into one.
+fn append_forwarded_for(headers: &mut HeaderMap, ip: IpAddr) {
+    let ip = ip.to_canonical();
+    let mut value = String::new();
+    for existing in headers.get_all(&X_FORWARDED_FOR) {
+        if let Ok(s) = existing.to_str() {
+            value.push_str(s.trim());
+            value.push_str(", ");
+        }
+    }
+    value.push_str(&ip.to_string());
+    // Built from valid header values and an IP address: always a valid header value.
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// The upstream closed a pooled connection after we wrote the request but before any response.
+fn is_stale_connection(error: &ProxyError) -> bool {
+    let ProxyError::UpstreamProtocol(source) = error else {
+        return false;
+    };
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
+    while let Some(e) = cause {
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            return h.is_incomplete_message() || h.is_canceled();
+        }
+        cause = e.source();
+    }
+    false
+}
+
+/// Copies bytes both ways between the upgraded client and upstream connections until either
+/// side closes.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(e) => {
+            warn!(error = %e, "upgrade failed before the tunnel opened");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        Ok((to_upstream, to_client)) => debug!(to_upstream, to_client, "upgrade tunnel closed"),
+        Err(e) => debug!(error = %e, "upgrade tunnel ended with an error"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn() -> ClientConn {
+        ClientConn {
+            peer: "192.0.2.7:5555".parse().unwrap(),
+            tls: true,
+        }
+    }
+
+    #[test]
+    fn connection_named_and_static_hop_by_hop_headers_go() {
+        let mut h = HeaderMap::new();
+        h.append("connection", "keep-alive, X-Secret-Hop".parse().unwrap());
+        h.append("connection", "close".parse().unwrap());
+        h.append("x-secret-hop", "1".parse().unwrap());
+        h.append("keep-alive", "timeout=5".parse().unwrap());
+        h.append("te", "trailers".parse().unwrap());
+        h.append("transfer-encoding", "chunked".parse().unwrap());
+        h.append("proxy-connection", "keep-alive".parse().unwrap());
+        h.append("x-end-to-end", "a".parse().unwrap());
+        h.append("x-end-to-end", "b".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2, "{h:?}");
+        let kept: Vec<_> = h.get_all("x-end-to-end").iter().collect();
+        assert_eq!(kept, ["a", "b"]);
+    }
+
+    #[test]
+    fn forwarded_headers_append_and_set() {
+        let mut h = HeaderMap::new();
+        h.append("host", "app.example".parse().unwrap());
+        h.append("x-forwarded-for", "203.0.113.1".parse().unwrap());
+        h.append("x-forwarded-for", "198.51.100.2".parse().unwrap());
+        h.append("x-forwarded-proto", "http".parse().unwrap());
+        let uri: Uri = "/p".parse().unwrap();
+        prepare_request_headers(
+            &mut h,
+            &uri,
+            Version::HTTP_11,
+            None,
+            conn(),
+            &ForwardingConfig::default(),
+        )
+        .unwrap();
+        assert_eq!(h["x-forwarded-for"], "203.0.113.1, 198.51.100.2, 192.0.2.7");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "app.example");
+    }
+
+    #[test]
+    fn forwarded_headers_can_be_switched_off() {
+        let mut h = HeaderMap::new();
+        let options = ForwardingConfig {
+            x_forwarded_for: false,
+            x_forwarded_proto: false,
+            x_forwarded_host: false,
+        };
+        let uri: Uri = "/p".parse().unwrap();
+        prepare_request_headers(&mut h, &uri, Version::HTTP_11, None, conn(), &options).unwrap();
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn h2_authority_becomes_host_and_mapped_ipv4_is_canonical() {
+        let mut h = HeaderMap::new();
+        let uri: Uri = "https://app.example:3001/p".parse().unwrap();
+        let c = ClientConn {
+            peer: "[::ffff:10.0.0.9]:1".parse().unwrap(),
+            tls: true,
+        };
+        prepare_request_headers(
+            &mut h,
+            &uri,
+            Version::HTTP_2,
+            None,
+            c,
+            &ForwardingConfig::default(),
+        )
+        .unwrap();
+        assert_eq!(h["host"], "app.example:3001");
+        assert_eq!(h["x-forwarded-for"], "10.0.0.9");
+    }
+
+    #[test]
+    fn upgrade_needs_connection_upgrade_and_http11() {
+        let mut r = Request::new(());
+        r.headers_mut()
+            .insert("upgrade", "websocket".parse().unwrap());
+        assert!(
+            requested_upgrade(&r).is_none(),
+            "Upgrade without Connection: upgrade"
+        );
+        r.headers_mut()
+            .insert("connection", "keep-alive, Upgrade".parse().unwrap());
+        assert_eq!(requested_upgrade(&r).unwrap(), "websocket");
+        *r.version_mut() = Version::HTTP_10;
+        assert!(requested_upgrade(&r).is_none());
+    }
+}

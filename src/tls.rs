@@ -1,0 +1,271 @@
+//! TLS: certificate loading, the dev certificate, and the rustls server configuration.
+//!
+//! The certificate lives behind an [`ArcSwap`] in [`CertStore`], so a new pair can be swapped in
+//! for new handshakes without touching open connections.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+/// ALPN protocols we serve, in order of preference.
+const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {what} {path}: {source}")]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("{path} holds no PEM certificate")]
+    NoCertificate { path: PathBuf },
+    #[error("cannot parse {what} {path}: {message}")]
+    Parse {
+        what: &'static str,
+        path: PathBuf,
+        message: String,
+    },
+    #[error("the private key {key} does not belong to the certificate {cert}: {message}")]
+    Mismatch {
+        cert: PathBuf,
+        key: PathBuf,
+        message: String,
+    },
+    #[error("cannot generate the dev certificate into {dir}: {message}")]
+    Generate { dir: PathBuf, message: String },
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// The crypto provider for TLS and everything else (aws-lc-rs, one implementation for all).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// The certificate and key currently served, swappable at run time.
+pub struct CertStore {
+    current: ArcSwap<CertifiedKey>,
+    cert_path: PathBuf,
+    key_path: PathBuf,
+}
+
+impl fmt::Debug for CertStore {
+    // The key material is never printed, only where it came from.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CertStore")
+            .field("cert_path", &self.cert_path)
+            .field("key_path", &self.key_path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CertStore {
+    /// Loads the pair; fails with a sentence naming the file when anything is wrong.
+    pub fn load(cert_path: &Path, key_path: &Path) -> Result<Self, TlsError> {
+        let key = load_certified_key(cert_path, key_path)?;
+        Ok(Self {
+            current: ArcSwap::from_pointee(key),
+            cert_path: cert_path.to_path_buf(),
+            key_path: key_path.to_path_buf(),
+        })
+    }
+
+    /// Reads the files again and swaps the pair in; on error the old pair stays.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let key = load_certified_key(&self.cert_path, &self.key_path)?;
+        self.current.store(Arc::new(key));
+        Ok(())
+    }
+
+    /// The leaf certificate now served (DER).
+    pub fn leaf(&self) -> CertificateDer<'static> {
+        self.current.load().cert[0].clone()
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+/// rustls server configuration: TLS 1.2 and 1.3 only, ALPN `h2` and `http/1.1`.
+pub fn server_config(store: Arc<CertStore>) -> Result<rustls::ServerConfig, TlsError> {
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(store);
+    config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    // Stateless resumption (TLS 1.3 tickets) spares returning mobile clients a full handshake.
+    config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
+    Ok(config)
+}
+
+fn load_certified_key(cert_path: &Path, key_path: &Path) -> Result<CertifiedKey, TlsError> {
+    let cert_pem = std::fs::read(cert_path).map_err(|source| TlsError::Read {
+        what: "the TLS certificate",
+        path: cert_path.to_path_buf(),
+        source,
+    })?;
+    let key_pem = std::fs::read(key_path).map_err(|source| TlsError::Read {
+        what: "the TLS private key",
+        path: key_path.to_path_buf(),
+        source,
+    })?;
+    let certs = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Parse {
+            what: "the TLS certificate",
+            path: cert_path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate {
+            path: cert_path.to_path_buf(),
+        });
+    }
+    // The error text of a key parser never includes key bytes, but we say only what failed.
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| TlsError::Parse {
+        what: "the TLS private key",
+        path: key_path.to_path_buf(),
+        message: "no PKCS#8, PKCS#1 or SEC1 private key in PEM form".into(),
+    })?;
+    let signing_key =
+        provider()
+            .key_provider
+            .load_private_key(key)
+            .map_err(|e| TlsError::Parse {
+                what: "the TLS private key",
+                path: key_path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+    let certified = CertifiedKey::new(certs, signing_key);
+    certified.keys_match().map_err(|e| TlsError::Mismatch {
+        cert: cert_path.to_path_buf(),
+        key: key_path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    Ok(certified)
+}
+
+/// Writes a self-signed certificate for `localhost`, `127.0.0.1` and `::1` when neither file
+/// exists. Returns `true` if it generated one. Dev configs only.
+pub fn ensure_dev_certificate(cert_path: &Path, key_path: &Path) -> Result<bool, TlsError> {
+    match (cert_path.exists(), key_path.exists()) {
+        (true, true) => return Ok(false),
+        (false, false) => {}
+        // Half a pair is an operator mistake we must not paper over by overwriting.
+        _ => {
+            return Err(TlsError::Generate {
+                dir: cert_path.parent().unwrap_or(Path::new(".")).to_path_buf(),
+                message: format!(
+                    "only one of {} and {} exists; remove it to regenerate the pair",
+                    cert_path.display(),
+                    key_path.display()
+                ),
+            });
+        }
+    }
+    let dir = cert_path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let generate = || -> Result<(), String> {
+        let names = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
+        let mut params = rcgen::CertificateParams::new(names).map_err(|e| e.to_string())?;
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            "stream-token-proxy dev certificate (DEV ONLY)",
+        );
+        let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+        let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        write_private(key_path, key.serialize_pem().as_bytes()).map_err(|e| e.to_string())?;
+        std::fs::write(cert_path, cert.pem()).map_err(|e| e.to_string())?;
+        Ok(())
+    };
+    generate().map_err(|message| TlsError::Generate { dir, message })?;
+    Ok(true)
+}
+
+/// Writes a file readable by its owner only (private keys).
+pub fn write_private(path: &Path, contents: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path)?.write_all(contents)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dev_certificate_is_generated_once_and_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        assert!(ensure_dev_certificate(&cert, &key).unwrap());
+        assert!(
+            !ensure_dev_certificate(&cert, &key).unwrap(),
+            "second run reuses the pair"
+        );
+        let store = CertStore::load(&cert, &key).unwrap();
+        server_config(Arc::new(store)).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "the key is private to its owner");
+        }
+    }
+
+    #[test]
+    fn half_a_pair_is_refused_not_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::write(&cert, "x").unwrap();
+        let err = ensure_dev_certificate(&cert, &key).unwrap_err().to_string();
+        assert!(err.contains("only one of"), "{err}");
+        assert_eq!(std::fs::read_to_string(&cert).unwrap(), "x");
+    }
+
+    #[test]
+    fn missing_garbage_and_mismatched_files_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n);
+        let err = CertStore::load(&p("none.pem"), &p("none.key"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cannot read the TLS certificate"), "{err}");
+
+        std::fs::write(p("garbage.pem"), "not a pem").unwrap();
+        std::fs::write(p("garbage.key"), "not a pem").unwrap();
+        let err = CertStore::load(&p("garbage.pem"), &p("garbage.key"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("holds no PEM certificate"), "{err}");
+
+        ensure_dev_certificate(&p("a.pem"), &p("a.key")).unwrap();
+        ensure_dev_certificate(&p("b.pem"), &p("b.key")).unwrap();
+        let err = CertStore::load(&p("a.pem"), &p("garbage.key"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no PKCS#8"), "{err}");
+        let err = CertStore::load(&p("a.pem"), &p("b.key"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("does not belong"), "{err}");
+    }
+}

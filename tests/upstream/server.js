@@ -1,0 +1,199 @@
+'use strict';
+// The "existing Node server" the integration tests put behind the proxy. Node core only.
+//
+// Every path not listed below echoes the request as JSON: method, raw url, HTTP version, raw
+// headers (names, values, order and duplicates as received), body length and sha256.
+//
+//   GET  /api/hello              {"message":"hello"}
+//   GET  /_t/download?bytes=N    N bytes of a fixed pattern, chunked, no Content-Length
+//   POST /_t/upload              {"bytes":N,"sha256":"..."} of the request body
+//   GET  /_t/cookies             three Set-Cookie and a repeated X-Multi header
+//   GET  /_t/status/<code>       that status (204 and 304 without a body)
+//   GET  /_t/hop                 hop-by-hop response headers (they must not reach the client)
+//   GET  /_t/slow?ms=N           answers after N ms
+//   GET  /_t/hang                never answers
+//   GET  /_t/trailers            chunked body with an X-Checksum trailer
+//   GET  /_t/stats               {"requests":N} requests seen since start (or the last reset)
+//   POST /_t/reset               sets that counter to 0
+//   GET  /_t/ws (Upgrade)        WebSocket echo (text, binary, ping, close)
+//
+// Listens on 127.0.0.1 and PORT (0 = ephemeral) and prints {"port":N} on stdout when ready.
+const http = require('http');
+const crypto = require('crypto');
+
+const PATTERN = Buffer.alloc(64 * 1024);
+for (let i = 0; i < PATTERN.length; i++) PATTERN[i] = (i * 31 + 7) & 0xff;
+
+let requests = 0;
+
+function json(res, status, value, extraHeaders = {}) {
+  const body = JSON.stringify(value);
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), ...extraHeaders });
+  res.end(body);
+}
+
+function readBody(req, done) {
+  const hash = crypto.createHash('sha256');
+  let bytes = 0;
+  req.on('data', (chunk) => {
+    bytes += chunk.length;
+    hash.update(chunk);
+  });
+  req.on('end', () => done(bytes, hash.digest('hex')));
+  req.on('error', () => {});
+}
+
+function download(res, total) {
+  res.writeHead(200, { 'content-type': 'application/octet-stream' });
+  let sent = 0;
+  const pump = () => {
+    while (sent < total) {
+      const n = Math.min(PATTERN.length, total - sent);
+      sent += n;
+      if (!res.write(n === PATTERN.length ? PATTERN : PATTERN.subarray(0, n))) {
+        res.once('drain', pump);
+        return;
+      }
+    }
+    res.end();
+  };
+  pump();
+}
+
+const server = http.createServer((req, res) => {
+  requests++;
+  const url = new URL(req.url, 'http://upstream.invalid');
+  const path = url.pathname;
+
+  if (path === '/api/hello') return json(res, 200, { message: 'hello' });
+  if (path === '/_t/stats') return json(res, 200, { requests: requests - 1 });
+  if (path === '/_t/reset') {
+    requests = 0;
+    return json(res, 200, { requests: 0 });
+  }
+  if (path === '/_t/download') return download(res, Number(url.searchParams.get('bytes') || 0));
+  if (path === '/_t/upload') {
+    return readBody(req, (bytes, sha256) => json(res, 200, { bytes, sha256 }));
+  }
+  if (path === '/_t/cookies') {
+    res.setHeader('set-cookie', ['a=1; Path=/', 'b=2; Path=/; HttpOnly', 'c=3; Path=/; Secure']);
+    res.setHeader('x-multi', ['one', 'two']);
+    return json(res, 200, { rawHeaders: req.rawHeaders });
+  }
+  if (path.startsWith('/_t/status/')) {
+    const status = Number(path.slice('/_t/status/'.length));
+    if (status === 204 || status === 304) {
+      res.writeHead(status, { etag: '"v1"' });
+      return res.end();
+    }
+    return json(res, status, { status });
+  }
+  if (path === '/_t/hop') {
+    res.writeHead(200, {
+      'content-type': 'text/plain',
+      connection: 'keep-alive, X-Hop-Resp',
+      'x-hop-resp': 'must-not-pass',
+      'keep-alive': 'timeout=5',
+      'proxy-connection': 'keep-alive',
+      'x-end-to-end': 'kept',
+    });
+    return res.end('hop');
+  }
+  if (path === '/_t/slow') {
+    const ms = Number(url.searchParams.get('ms') || 1000);
+    const timer = setTimeout(() => json(res, 200, { slept_ms: ms }), ms);
+    res.on('close', () => clearTimeout(timer));
+    return;
+  }
+  if (path === '/_t/hang') return; // never answers
+  if (path === '/_t/trailers') {
+    res.writeHead(200, { 'content-type': 'text/plain', trailer: 'x-checksum' });
+    res.write('part one,');
+    res.write('part two');
+    res.addTrailers({ 'x-checksum': 'abc123' });
+    return res.end();
+  }
+
+  // Default: echo the request exactly as Node received it.
+  readBody(req, (bytes, sha256) =>
+    json(res, 200, {
+      method: req.method,
+      url: req.url,
+      httpVersion: req.httpVersion,
+      rawHeaders: req.rawHeaders,
+      bodyBytes: bytes,
+      bodySha256: sha256,
+    }),
+  );
+});
+
+// ---------- WebSocket echo (RFC 6455), just enough for the tests ----------
+server.on('upgrade', (req, socket) => {
+  requests++;
+  const key = req.headers['sec-websocket-key'];
+  if (new URL(req.url, 'http://x').pathname !== '/_t/ws' || !key) {
+    socket.end('HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
+    return;
+  }
+  const accept = crypto.createHash('sha1').update(key + '258EAFA5-E914-47DA-95CA-C5AB0DC85B11').digest('base64');
+  socket.write(
+    'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' +
+      `Sec-WebSocket-Accept: ${accept}\r\n\r\n`,
+  );
+  let buffered = Buffer.alloc(0);
+  socket.on('data', (chunk) => {
+    buffered = Buffer.concat([buffered, chunk]);
+    for (;;) {
+      if (buffered.length < 2) return;
+      const opcode = buffered[0] & 0x0f;
+      const masked = (buffered[1] & 0x80) !== 0;
+      let length = buffered[1] & 0x7f;
+      let offset = 2;
+      if (length === 126) {
+        if (buffered.length < 4) return;
+        length = buffered.readUInt16BE(2);
+        offset = 4;
+      } else if (length === 127) {
+        if (buffered.length < 10) return;
+        length = Number(buffered.readBigUInt64BE(2));
+        offset = 10;
+      }
+      const maskLen = masked ? 4 : 0;
+      if (buffered.length < offset + maskLen + length) return;
+      const mask = buffered.subarray(offset, offset + maskLen);
+      const payload = Buffer.from(buffered.subarray(offset + maskLen, offset + maskLen + length));
+      if (masked) for (let i = 0; i < payload.length; i++) payload[i] ^= mask[i % 4];
+      buffered = buffered.subarray(offset + maskLen + length);
+      const reply = opcode === 0x9 ? 0xa : opcode; // ping -> pong, everything else echoed
+      socket.write(frame(reply, payload));
+      if (opcode === 0x8) return socket.end();
+    }
+  });
+  socket.on('error', () => {});
+});
+
+function frame(opcode, payload) {
+  let header;
+  if (payload.length < 126) {
+    header = Buffer.from([0x80 | opcode, payload.length]);
+  } else if (payload.length < 65536) {
+    header = Buffer.alloc(4);
+    header[0] = 0x80 | opcode;
+    header[1] = 126;
+    header.writeUInt16BE(payload.length, 2);
+  } else {
+    header = Buffer.alloc(10);
+    header[0] = 0x80 | opcode;
+    header[1] = 127;
+    header.writeBigUInt64BE(BigInt(payload.length), 2);
+  }
+  return Buffer.concat([header, payload]);
+}
+
+server.listen(Number(process.env.PORT || 0), '127.0.0.1', () => {
+  process.stdout.write(JSON.stringify({ port: server.address().port }) + '\n');
+});
+// Stop when the test that started us goes away (stdin closes), so no process outlives a run.
+process.stdin.on('end', () => process.exit(0));
+process.stdin.on('error', () => process.exit(0));
+process.stdin.resume();
