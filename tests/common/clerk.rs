@@ -1,0 +1,1 @@
+//! Clerk-side fixtures for the token-route tests: signing keys, session tokens, a JWKS server.
