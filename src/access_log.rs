@@ -25,6 +25,8 @@ pub struct AccessEntry {
     pub upstream_time: Option<Duration>,
     /// The `error` code when the proxy answered with an error.
     pub error: Option<&'static str>,
+    /// The verified user, on the token route (a user id, never a token).
+    pub user_id: Option<std::sync::Arc<str>>,
     started: Instant,
 }
 
@@ -38,6 +40,7 @@ impl AccessEntry {
             status: StatusCode::OK,
             upstream_time: None,
             error: None,
+            user_id: None,
             started,
         })
     }
@@ -111,6 +114,7 @@ impl Drop for LoggedBody {
             duration_ms = e.started.elapsed().as_secs_f64() * 1e3,
             complete = self.complete || self.inner.is_end_stream(),
             error = e.error,
+            user_id = e.user_id.as_deref(),
             "request"
         );
     }

@@ -22,7 +22,26 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("TLS_CERT", "tls.cert"),
     ("TLS_KEY", "tls.key"),
     ("LOG_FORMAT", "log.format"),
+    ("CLERK_ISSUER", "auth.issuer"),
+    (
+        "CLERK_JWKS_URL",
+        "auth.jwks_url (replaces any other key source)",
+    ),
+    (
+        "CLERK_JWT_KEY",
+        "auth.public_key_pem (replaces any other key source)",
+    ),
+    (
+        "CLERK_AUTHORIZED_PARTIES",
+        "auth.authorized_parties (comma-separated)",
+    ),
+    ("STREAM_API_KEY", "stream.api_key"),
+    ("STREAM_API_SECRET", "the Stream API secret itself"),
+    ("STREAM_API_SECRET_FILE", "stream.api_secret_file"),
 ];
+
+/// The issuer of dev-token session tokens; refused on non-loopback listeners like the dev key.
+pub const DEV_ISSUER: &str = "https://clerk.dev.stream-token-proxy.invalid";
 
 #[derive(Debug, thiserror::Error)]
 #[error("{origin}: {message}")]
@@ -59,6 +78,12 @@ pub struct Config {
     pub forwarding: ForwardingConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub stream: StreamConfig,
+    #[serde(default)]
+    pub cors: CorsConfig,
     /// Directory that relative paths in the file are resolved against (the file's own folder).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -202,6 +227,224 @@ pub enum LogFormat {
     Json,
 }
 
+/// How Clerk session tokens are verified.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Expected `iss`: your Clerk Frontend API URL, e.g. `https://clerk.example.com`.
+    /// Required outside the dev profile.
+    pub issuer: Option<String>,
+    /// Clerk's JWKS, `https://<frontend-api>/.well-known/jwks.json`. `http://` only on loopback.
+    pub jwks_url: Option<JwksUrl>,
+    /// Clerk's "JWT public key" (PEM), for networkless verification.
+    pub public_key_pem: Option<String>,
+    /// The same, read from a file.
+    pub public_key_file: Option<PathBuf>,
+    /// Dev profile only: an RSA key generated on first run; `dev-token` signs with it.
+    pub dev_signing_key: Option<PathBuf>,
+    /// Allowed `azp` values (your app origins). Empty: `azp` is not checked.
+    pub authorized_parties: Vec<String>,
+    /// Accepted signature algorithms (RS256/384/512, PS256/384/512, ES256/384).
+    pub algorithms: Vec<AllowedAlgorithm>,
+    /// Clock skew allowed on `exp`, `nbf` and `iat`.
+    #[serde(deserialize_with = "any_duration")]
+    pub leeway: Duration,
+    /// The JWKS is fetched again this often in the background.
+    pub jwks_refresh_interval: PositiveDuration,
+    /// A token naming an unknown `kid` fetches the JWKS at most once per this period.
+    pub jwks_refetch_cooldown: PositiveDuration,
+    /// One JWKS fetch must finish within this time.
+    pub jwks_timeout: PositiveDuration,
+    /// Also accept the `__session` cookie that Clerk's web apps send (when no `Authorization`).
+    pub session_cookie: bool,
+    /// Verified session tokens remembered (by hash) so they are not verified with RSA again.
+    pub verified_cache_size: usize,
+    /// Let the dev key or dev issuer run on a non-loopback listener (a LAN phone, say).
+    pub allow_dev_on_public_listener: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            issuer: None,
+            jwks_url: None,
+            public_key_pem: None,
+            public_key_file: None,
+            dev_signing_key: None,
+            authorized_parties: Vec::new(),
+            algorithms: vec![AllowedAlgorithm(jsonwebtoken::Algorithm::RS256)],
+            leeway: Duration::from_secs(5),
+            jwks_refresh_interval: PositiveDuration::secs(300),
+            jwks_refetch_cooldown: PositiveDuration::secs(30),
+            jwks_timeout: PositiveDuration::secs(5),
+            session_cookie: false,
+            verified_cache_size: 10_000,
+            allow_dev_on_public_listener: false,
+        }
+    }
+}
+
+/// Minting Stream Chat user tokens.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamConfig {
+    /// The Stream API key (public), returned to the app with the token.
+    pub api_key: String,
+    /// A file holding the Stream API secret (a mounted Kubernetes Secret). `STREAM_API_SECRET`
+    /// wins when set. There is deliberately no way to put the secret itself in this file.
+    pub api_secret_file: Option<PathBuf>,
+    /// Lifetime of a minted token (at most 30 days).
+    pub token_ttl: PositiveDuration,
+    /// A minted token is handed out again while more than this much of its life remains.
+    #[serde(deserialize_with = "any_duration")]
+    pub token_reuse_margin: Duration,
+    /// Minted tokens remembered for reuse.
+    pub token_cache_size: usize,
+    /// The secret, from `STREAM_API_SECRET` or `api_secret_file` (never from TOML).
+    #[serde(skip)]
+    pub api_secret: Option<Secret>,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        Self {
+            api_key: String::new(),
+            api_secret_file: None,
+            token_ttl: PositiveDuration::secs(3600),
+            token_reuse_margin: Duration::from_secs(600),
+            token_cache_size: 10_000,
+            api_secret: None,
+        }
+    }
+}
+
+impl fmt::Debug for StreamConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StreamConfig")
+            .field("api_key", &self.api_key)
+            .field("api_secret_file", &self.api_secret_file)
+            .field("token_ttl", &self.token_ttl)
+            .field("token_reuse_margin", &self.token_reuse_margin)
+            .field("token_cache_size", &self.token_cache_size)
+            .field("api_secret", &self.api_secret)
+            .finish()
+    }
+}
+
+/// CORS for the token route (browsers only; the mobile app sends no `Origin`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorsConfig {
+    /// Exact origins allowed, e.g. `https://app.example.com`. Empty: no browser origin.
+    pub allowed_origins: Vec<String>,
+    /// Send `Access-Control-Allow-Credentials: true` (needed for the `__session` cookie).
+    pub allow_credentials: bool,
+    /// How long browsers may cache a preflight answer.
+    pub max_age: PositiveDuration,
+}
+
+impl Default for CorsConfig {
+    fn default() -> Self {
+        Self {
+            allowed_origins: Vec::new(),
+            allow_credentials: false,
+            max_age: PositiveDuration::secs(600),
+        }
+    }
+}
+
+/// A secret string: compared and used, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+/// A signature algorithm we accept for session tokens: asymmetric only, never `none` or HMAC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct AllowedAlgorithm(pub jsonwebtoken::Algorithm);
+
+impl TryFrom<String> for AllowedAlgorithm {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        use jsonwebtoken::Algorithm::*;
+        let alg = match s.as_str() {
+            "RS256" => RS256,
+            "RS384" => RS384,
+            "RS512" => RS512,
+            "PS256" => PS256,
+            "PS384" => PS384,
+            "PS512" => PS512,
+            "ES256" => ES256,
+            "ES384" => ES384,
+            _ => {
+                return Err(format!(
+                    "`{s}` is not allowed: use RS256, RS384, RS512, PS256, PS384, PS512, ES256 \
+                     or ES384 (`none` and HMAC algorithms are always refused)"
+                ));
+            }
+        };
+        Ok(Self(alg))
+    }
+}
+
+/// Where the JWKS lives: `https://` anywhere, `http://` only on a loopback host.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct JwksUrl(pub http::Uri);
+
+impl JwksUrl {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let uri: http::Uri = s.parse().map_err(|e| format!("`{s}` is not a URL ({e})"))?;
+        let host = uri.host().ok_or_else(|| format!("`{s}` has no host"))?;
+        match uri.scheme_str() {
+            Some("https") => Ok(Self(uri)),
+            Some("http") if is_loopback_host(host) => Ok(Self(uri)),
+            Some("http") => Err(format!(
+                "`{s}`: keys must be fetched over https:// (plain http:// is allowed only for \
+                 localhost/127.0.0.1 test servers)"
+            )),
+            _ => Err(format!("`{s}` must start with https://")),
+        }
+    }
+}
+
+impl TryFrom<String> for JwksUrl {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        Self::parse(&s)
+    }
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// A duration that may be zero (`"0s"`), for leeways and margins.
+fn any_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s)
+        .map_err(|e| serde::de::Error::custom(format!("`{s}` is not a duration like \"5s\" ({e})")))
+}
+
 /// An upstream base URL: `http://host[:port]`, nothing else.
 #[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
@@ -311,6 +554,7 @@ impl Config {
         };
         config.apply_env(|name| std::env::var(name).ok())?;
         config.validate()?;
+        config.load_secret()?;
         Ok(config)
     }
 
@@ -349,6 +593,41 @@ impl Config {
         if let Some(v) = lookup("TLS_KEY") {
             self.tls.key = std::env::current_dir().unwrap_or_default().join(v);
         }
+        if let Some(v) = lookup("CLERK_ISSUER") {
+            self.auth.issuer = Some(v);
+        }
+        if let Some(v) = lookup("CLERK_JWKS_URL") {
+            self.auth.jwks_url = Some(JwksUrl::parse(&v).map_err(|e| bad("CLERK_JWKS_URL", e))?);
+            self.auth.public_key_pem = None;
+            self.auth.public_key_file = None;
+            self.auth.dev_signing_key = None;
+        }
+        if let Some(v) = lookup("CLERK_JWT_KEY") {
+            self.auth.public_key_pem = Some(v);
+            self.auth.jwks_url = None;
+            self.auth.public_key_file = None;
+            self.auth.dev_signing_key = None;
+        }
+        if let Some(v) = lookup("CLERK_AUTHORIZED_PARTIES") {
+            self.auth.authorized_parties = v
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(String::from)
+                .collect();
+        }
+        if let Some(v) = lookup("STREAM_API_KEY") {
+            self.stream.api_key = v;
+        }
+        if let Some(v) = lookup("STREAM_API_SECRET_FILE") {
+            self.stream.api_secret_file = Some(std::env::current_dir().unwrap_or_default().join(v));
+        }
+        if let Some(v) = lookup("STREAM_API_SECRET") {
+            if v.trim().is_empty() {
+                return Err(bad("STREAM_API_SECRET", "is set but empty".into()));
+            }
+            self.stream.api_secret = Some(Secret::new(v));
+        }
         if let Some(v) = lookup("LOG_FORMAT") {
             self.log.format = match v.as_str() {
                 "text" => LogFormat::Text,
@@ -366,14 +645,119 @@ impl Config {
 
     /// Rules that involve more than one key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let err = |msg: &str| Err(ConfigError::new("configuration", msg));
+        let err = |msg: String| Err(ConfigError::new("configuration", msg));
         if self.upstream.pool_idle_timeout.0 >= self.upstream.response_timeout.0 * 10 {
             return err(
                 "upstream.pool_idle_timeout is far longer than upstream.response_timeout; keep it \
-                 below the upstream's keep-alive timeout (Node's default is 5s)",
+                 below the upstream's keep-alive timeout (Node's default is 5s)"
+                    .into(),
             );
         }
+
+        let auth = &self.auth;
+        let sources: Vec<&str> = [
+            ("auth.jwks_url", auth.jwks_url.is_some()),
+            ("auth.public_key_pem", auth.public_key_pem.is_some()),
+            ("auth.public_key_file", auth.public_key_file.is_some()),
+            ("auth.dev_signing_key", auth.dev_signing_key.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect();
+        match sources.len() {
+            0 => {
+                return err(
+                    "no session-token key source: set auth.jwks_url (Clerk's JWKS) or \
+                            auth.public_key_pem / auth.public_key_file (Clerk's JWT public key)"
+                        .into(),
+                );
+            }
+            1 => {}
+            _ => {
+                return err(format!(
+                    "set only one key source, not {}",
+                    sources.join(" and ")
+                ));
+            }
+        }
+        if auth.dev_signing_key.is_some() && !self.dev {
+            return err(
+                "auth.dev_signing_key is a dev-profile setting; it needs `dev = true`".into(),
+            );
+        }
+        match auth.issuer.as_deref() {
+            None if !self.dev => {
+                return err(
+                    "auth.issuer is required: your Clerk Frontend API URL, e.g. \
+                            https://clerk.example.com (the `iss` of your session tokens)"
+                        .into(),
+                );
+            }
+            Some(i) if i.trim().is_empty() => return err("auth.issuer is empty".into()),
+            _ => {}
+        }
+        let dev_trust =
+            auth.dev_signing_key.is_some() || auth.issuer.as_deref() == Some(DEV_ISSUER);
+        if dev_trust && !self.server.listen.ip().is_loopback() && !auth.allow_dev_on_public_listener
+        {
+            return err(format!(
+                "the dev signing key / dev issuer must not be trusted on the non-loopback listener \
+                 {}; listen on 127.0.0.1, or set auth.allow_dev_on_public_listener = true if you \
+                 really mean it",
+                self.server.listen
+            ));
+        }
+        if auth.algorithms.is_empty() {
+            return err("auth.algorithms is empty: allow at least RS256".into());
+        }
+        if auth.leeway > Duration::from_secs(300) {
+            return err("auth.leeway is over 5m; clock skew that large is a broken clock".into());
+        }
+
+        let stream = &self.stream;
+        if stream.token_ttl.0 > Duration::from_secs(30 * 24 * 3600) {
+            return err("stream.token_ttl is over 30 days; keep Stream tokens short-lived".into());
+        }
+        if stream.token_reuse_margin >= stream.token_ttl.0 {
+            return err("stream.token_reuse_margin must be shorter than stream.token_ttl".into());
+        }
+        if stream.api_secret.is_none() && stream.api_secret_file.is_none() && !self.dev {
+            return err(
+                "the Stream API secret is missing: set STREAM_API_SECRET or \
+                        stream.api_secret_file (a mounted secret)"
+                    .into(),
+            );
+        }
+
+        for origin in &self.cors.allowed_origins {
+            if let Err(why) = check_origin(origin) {
+                return err(format!("cors.allowed_origins: `{origin}` {why}"));
+            }
+        }
         Ok(())
+    }
+
+    /// Reads the Stream secret from `stream.api_secret_file` unless the environment gave it.
+    /// A dev config may lack the file: `start` generates one.
+    pub fn load_secret(&mut self) -> Result<(), ConfigError> {
+        if self.stream.api_secret.is_some() {
+            return Ok(());
+        }
+        let Some(file) = &self.stream.api_secret_file else {
+            return Ok(());
+        };
+        let path = self.resolve(file);
+        match read_secret_file(&path) {
+            Ok(secret) => {
+                self.stream.api_secret = Some(secret);
+                Ok(())
+            }
+            Err(e) if self.dev && e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(ConfigError::new(
+                path.display(),
+                format!("cannot use the Stream API secret file: {e}"),
+            )),
+        }
     }
 
     /// Resolves a path from the file against the file's folder.
@@ -384,6 +768,36 @@ impl Config {
             self.base_dir.join(path)
         }
     }
+}
+
+/// Reads a secret file: surrounding whitespace (a trailing newline) is not part of the secret.
+pub fn read_secret_file(path: &Path) -> std::io::Result<Secret> {
+    let text = std::fs::read_to_string(path)?;
+    let secret = text.trim();
+    if secret.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "the file is empty",
+        ));
+    }
+    Ok(Secret::new(secret))
+}
+
+/// An origin is `scheme://host[:port]`, exactly as browsers send it.
+fn check_origin(origin: &str) -> Result<(), &'static str> {
+    if origin == "*" || origin.contains('*') {
+        return Err("is a wildcard; list exact origins");
+    }
+    let uri: http::Uri = origin
+        .parse()
+        .map_err(|_| "is not an origin like https://app.example.com")?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+        return Err("is not an origin like https://app.example.com");
+    }
+    if origin.ends_with('/') || uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
+        return Err("has a path; an origin is only scheme://host[:port], without a trailing slash");
+    }
+    Ok(())
 }
 
 #[cfg(test)]

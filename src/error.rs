@@ -1,15 +1,18 @@
-//! The one mapping from errors to HTTP responses: status, JSON body, and whose fault it was.
+//! The one mapping from errors to HTTP responses: status, JSON body, auth headers, and whose
+//! fault it was.
 //!
 //! Handlers return `Result<_, ProxyError>`; [`ProxyError::to_response`] is the only place an
 //! error becomes a response. Messages sent to clients are fixed sentences: they never carry
 //! tokens, secrets, upstream addresses or internal error text (those go to the log).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use http::header::{self, CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use http::{Response, StatusCode};
 
+use crate::auth::AuthError;
 use crate::body::ProxyBody;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -21,7 +24,7 @@ pub enum Fault {
     Client,
     /// The upstream Node server failed or was too slow.
     Upstream,
-    /// The proxy itself could not do its job.
+    /// The proxy itself could not do its job (or is not ready yet).
     Internal,
 }
 
@@ -49,6 +52,20 @@ pub enum ProxyError {
     MethodNotAllowed(http::Method, &'static str),
     #[error("{0} is not supported by this proxy")]
     NotImplemented(&'static str),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("the body's userId is not the verified user {user_id}")]
+    UserMismatch { user_id: Arc<str> },
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    #[error("the body is not application/json")]
+    UnsupportedMediaType,
+    #[error("the body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("CORS preflight from an origin that is not allowed")]
+    OriginNotAllowed,
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl ProxyError {
@@ -56,9 +73,16 @@ impl ProxyError {
         match self {
             Self::UpstreamConnect(_) | Self::UpstreamProtocol(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            Self::BadTarget(_) => StatusCode::BAD_REQUEST,
+            Self::BadTarget(_) | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::MethodNotAllowed(..) => StatusCode::METHOD_NOT_ALLOWED,
             Self::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            Self::Auth(AuthError::UnauthorizedParty { .. }) => StatusCode::FORBIDDEN,
+            Self::Auth(AuthError::KeysUnavailable) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Auth(_) => StatusCode::UNAUTHORIZED,
+            Self::UserMismatch { .. } | Self::OriginNotAllowed => StatusCode::FORBIDDEN,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -68,9 +92,15 @@ impl ProxyError {
             Self::UpstreamConnect(_) => "upstream_unavailable",
             Self::UpstreamTimeout(_) => "upstream_timeout",
             Self::UpstreamProtocol(_) => "bad_gateway",
-            Self::BadTarget(_) => "bad_request",
+            Self::BadTarget(_) | Self::BadRequest(_) => "bad_request",
             Self::MethodNotAllowed(..) => "method_not_allowed",
             Self::NotImplemented(_) => "not_implemented",
+            Self::Auth(e) => e.code(),
+            Self::UserMismatch { .. } => "user_mismatch",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::PayloadTooLarge(_) => "payload_too_large",
+            Self::OriginNotAllowed => "origin_not_allowed",
+            Self::Internal(_) => "internal_error",
         }
     }
 
@@ -83,6 +113,15 @@ impl ProxyError {
             Self::BadTarget(_) => "The request target cannot be forwarded.",
             Self::MethodNotAllowed(..) => "This method is not allowed here.",
             Self::NotImplemented(_) => "This proxy does not support that method.",
+            Self::Auth(e) => auth_message(e),
+            Self::UserMismatch { .. } => {
+                "userId in the body does not match the signed-in user; omit it or send your own."
+            }
+            Self::BadRequest(why) => why,
+            Self::UnsupportedMediaType => "Send the body as application/json, or no body at all.",
+            Self::PayloadTooLarge(_) => "The request body is too large.",
+            Self::OriginNotAllowed => "This origin is not allowed to call this route.",
+            Self::Internal(_) => "The proxy failed to handle the request.",
         }
     }
 
@@ -91,21 +130,71 @@ impl ProxyError {
             Self::UpstreamConnect(_) | Self::UpstreamTimeout(_) | Self::UpstreamProtocol(_) => {
                 Fault::Upstream
             }
-            Self::BadTarget(_) | Self::MethodNotAllowed(..) | Self::NotImplemented(_) => {
-                Fault::Client
-            }
+            Self::Auth(AuthError::KeysUnavailable) | Self::Internal(_) => Fault::Internal,
+            _ => Fault::Client,
         }
     }
 
     pub fn to_response(&self) -> Response<ProxyBody> {
         let mut response = json_response(self.status(), self.code(), self.public_message());
-        if let Self::MethodNotAllowed(_, allow) = self {
-            response
-                .headers_mut()
-                .insert(http::header::ALLOW, HeaderValue::from_static(allow));
+        let headers = response.headers_mut();
+        match self {
+            Self::MethodNotAllowed(_, allow) => {
+                headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            Self::Auth(AuthError::KeysUnavailable) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+            }
+            Self::Auth(e) if self.status() == StatusCode::UNAUTHORIZED => {
+                headers.insert(header::WWW_AUTHENTICATE, www_authenticate(e));
+            }
+            _ => {}
         }
         response
     }
+}
+
+fn auth_message(e: &AuthError) -> &'static str {
+    match e {
+        AuthError::MissingCredentials => {
+            "Send the Clerk session token as Authorization: Bearer <token>."
+        }
+        AuthError::InvalidAuthorization(_) => {
+            "The Authorization header must be exactly: Bearer <Clerk session token>."
+        }
+        AuthError::Malformed(_) => "The session token is not a well-formed JWT.",
+        AuthError::UnsupportedAlgorithm => {
+            "The session token's signature algorithm is not accepted."
+        }
+        AuthError::BadSignature => "The session token's signature is invalid.",
+        AuthError::UnknownKey => "The session token was signed with an unknown key.",
+        AuthError::Expired => "The session token has expired; get a fresh one from Clerk.",
+        AuthError::NotYetValid => "The session token is not valid yet; check the device clock.",
+        AuthError::WrongIssuer => "The session token comes from another Clerk instance.",
+        AuthError::UnauthorizedParty { .. } => {
+            "This app is not an authorized party for the session."
+        }
+        AuthError::InvalidSubject(_) => "The session's user id cannot be used as a Stream user id.",
+        AuthError::KeysUnavailable => "Session verification keys are loading; retry shortly.",
+    }
+}
+
+/// RFC 6750 §3: no error code when credentials are missing, else `invalid_request` (header
+/// shape) or `invalid_token`.
+fn www_authenticate(e: &AuthError) -> HeaderValue {
+    let value = match e {
+        AuthError::MissingCredentials => "Bearer realm=\"stream-token-proxy\"".to_string(),
+        AuthError::InvalidAuthorization(_) => format!(
+            "Bearer realm=\"stream-token-proxy\", error=\"invalid_request\", error_description=\"{}\"",
+            auth_message(e)
+        ),
+        _ => format!(
+            "Bearer realm=\"stream-token-proxy\", error=\"invalid_token\", error_description=\"{}\"",
+            auth_message(e)
+        ),
+    };
+    // Built from fixed ASCII sentences without quotes: always a valid header value.
+    HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static("Bearer"))
 }
 
 /// `{"error": code, "message": message}` with `no-store`, the shape of every error we send.
@@ -137,5 +226,29 @@ mod tests {
             !String::from_utf8_lossy(&body).contains("10.1.2.3"),
             "no internals leak"
         );
+    }
+
+    #[test]
+    fn auth_errors_carry_rfc6750_headers() {
+        let missing = ProxyError::Auth(AuthError::MissingCredentials).to_response();
+        assert_eq!(missing.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            missing.headers()[header::WWW_AUTHENTICATE],
+            "Bearer realm=\"stream-token-proxy\""
+        );
+        let expired = ProxyError::Auth(AuthError::Expired).to_response();
+        let value = expired.headers()[header::WWW_AUTHENTICATE]
+            .to_str()
+            .unwrap();
+        assert!(value.contains("error=\"invalid_token\""), "{value}");
+        let azp = ProxyError::Auth(AuthError::UnauthorizedParty {
+            user_id: "u".into(),
+        })
+        .to_response();
+        assert_eq!(azp.status(), StatusCode::FORBIDDEN);
+        assert!(!azp.headers().contains_key(header::WWW_AUTHENTICATE));
+        let loading = ProxyError::Auth(AuthError::KeysUnavailable).to_response();
+        assert_eq!(loading.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(loading.headers()[header::RETRY_AFTER], "2");
     }
 }

@@ -11,16 +11,22 @@
 //! | `server` | accept loop, connection timeouts, graceful drain |
 //! | `router` | which path goes where; errors become responses there |
 //! | [`forward`] | the upstream client, hop-by-hop headers, upgrades |
+//! | [`auth`] | session-token verification: keys (JWKS, PEM, dev), claims, cache |
+//! | [`stream_token`] | minting Stream user tokens |
+//! | [`token_route`] | the HTTP face of `POST /api/stream/token`, CORS |
 //! | [`error`] | the one mapping from errors to status + JSON |
 
 pub mod access_log;
+pub mod auth;
 pub mod body;
 pub mod config;
 pub mod error;
 pub mod forward;
 mod router;
 mod server;
+pub mod stream_token;
 pub mod tls;
+pub mod token_route;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -33,9 +39,15 @@ use tracing::{info, warn};
 
 pub use config::Config;
 
+use crate::auth::dev::{DevKeyError, DevSigner};
+use crate::auth::keys::KeyError;
+use crate::auth::{KeyStore, Verifier};
+use crate::config::{ConfigError, Secret};
 use crate::forward::Forwarder;
 use crate::router::App;
+use crate::stream_token::StreamMinter;
 use crate::tls::{CertStore, TlsError};
+use crate::token_route::TokenRoute;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -46,6 +58,12 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    #[error(transparent)]
+    DevKey(#[from] DevKeyError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
 }
 
 /// A running proxy.
@@ -53,6 +71,7 @@ pub enum StartError {
 pub struct ProxyHandle {
     local_addr: SocketAddr,
     certs: Option<Arc<CertStore>>,
+    keys: Arc<KeyStore>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -66,6 +85,11 @@ impl ProxyHandle {
     /// The certificate store, when TLS is on.
     pub fn certs(&self) -> Option<&Arc<CertStore>> {
         self.certs.as_ref()
+    }
+
+    /// The session-token keys in force (readiness: `keys().is_ready()`).
+    pub fn keys(&self) -> &Arc<KeyStore> {
+        &self.keys
     }
 
     /// Stops accepting and starts the graceful drain; returns at once.
@@ -87,15 +111,13 @@ impl ProxyHandle {
     }
 }
 
-/// Loads certificates, binds the listener and starts serving in the background.
-pub async fn start(config: Config) -> Result<ProxyHandle, StartError> {
+/// Loads certificates and keys, binds the listener and starts serving in the background.
+pub async fn start(mut config: Config) -> Result<ProxyHandle, StartError> {
+    if config.dev {
+        prepare_dev_material(&mut config)?;
+    }
     let certs = if config.tls.enabled {
-        let cert = config.resolve(&config.tls.cert);
-        let key = config.resolve(&config.tls.key);
-        if config.dev && tls::ensure_dev_certificate(&cert, &key)? {
-            warn!(cert = %cert.display(), key = %key.display(),
-                "generated a self-signed certificate: DEV ONLY, never use it in production");
-        }
+        let (cert, key) = tls_paths(&config);
         Some(Arc::new(CertStore::load(&cert, &key)?))
     } else {
         None
@@ -107,6 +129,29 @@ pub async fn start(config: Config) -> Result<ProxyHandle, StartError> {
         None => None,
     };
 
+    let keys = Arc::new(key_store(&config)?);
+    let secret = config
+        .stream
+        .api_secret
+        .clone()
+        .ok_or_else(|| ConfigError {
+            origin: "configuration".into(),
+            message:
+                "the Stream API secret is missing: set STREAM_API_SECRET or stream.api_secret_file"
+                    .into(),
+        })?;
+    if config.stream.api_key.is_empty() {
+        warn!(
+            "stream.api_key is empty; responses will carry an empty api_key (set STREAM_API_KEY)"
+        );
+    }
+    let token = TokenRoute::new(
+        &config.auth,
+        &config.cors,
+        Verifier::new(&config.auth, keys.clone()),
+        StreamMinter::new(&config.stream, &secret),
+    );
+
     let addr = config.server.listen;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -117,26 +162,139 @@ pub async fn start(config: Config) -> Result<ProxyHandle, StartError> {
 
     let app = Arc::new(App {
         forwarder: Forwarder::new(&config.upstream, &config.forwarding),
+        token,
     });
     let (shutdown, shutdown_rx) = watch::channel(false);
     let scheme = if acceptor.is_some() { "https" } else { "http" };
     info!(listen = %local_addr, upstream = %config.upstream.url, "serving {scheme}");
+    let refresh = tokio::spawn(keys.clone().run_refresh());
     let server_settings = config.server.clone();
     let task = tokio::spawn(async move {
         server::run(listener, acceptor, app, &server_settings, shutdown_rx).await;
+        refresh.abort();
     });
     Ok(ProxyHandle {
         local_addr,
         certs,
+        keys,
         shutdown,
         task,
     })
 }
 
-/// Where a config's certificate and key are, resolved (for tests and `check-config`).
+/// Where a config's certificate and key are, resolved.
 pub fn tls_paths(config: &Config) -> (PathBuf, PathBuf) {
     (
         config.resolve(&config.tls.cert),
         config.resolve(&config.tls.key),
     )
+}
+
+/// The key store the configuration names (exactly one source; `Config::validate` checks).
+fn key_store(config: &Config) -> Result<KeyStore, StartError> {
+    let auth = &config.auth;
+    if let Some(url) = &auth.jwks_url {
+        return Ok(KeyStore::from_jwks(url.0.clone(), auth)?);
+    }
+    if let Some(pem) = &auth.public_key_pem {
+        return Ok(KeyStore::from_pem(pem.as_bytes())?);
+    }
+    if let Some(file) = &auth.public_key_file {
+        let path = config.resolve(file);
+        let pem = std::fs::read(&path).map_err(|source| KeyError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        return Ok(KeyStore::from_pem(&pem)?);
+    }
+    if let Some(file) = &auth.dev_signing_key {
+        return Ok(DevSigner::load(&config.resolve(file))?.key_store()?);
+    }
+    Err(ConfigError {
+        origin: "configuration".into(),
+        message: "no session-token key source (auth.jwks_url, auth.public_key_pem, ...)".into(),
+    }
+    .into())
+}
+
+/// Dev profile only: the self-signed certificate, the dev signing key and a random Stream
+/// secret, each generated on first run (into git-ignored files) and reused after.
+fn prepare_dev_material(config: &mut Config) -> Result<(), StartError> {
+    if config.tls.enabled {
+        let (cert, key) = tls_paths(config);
+        if tls::ensure_dev_certificate(&cert, &key)? {
+            warn!(cert = %cert.display(), key = %key.display(),
+                "generated a self-signed TLS certificate: DEV ONLY, never use it in production");
+        }
+    }
+    if let Some(file) = &config.auth.dev_signing_key {
+        let path = config.resolve(file);
+        if auth::dev::ensure_dev_signing_key(&path)? {
+            warn!(path = %path.display(), "generated the dev session signing key: DEV ONLY");
+        }
+    }
+    if config.stream.api_secret.is_none() {
+        let file = config
+            .stream
+            .api_secret_file
+            .clone()
+            .ok_or_else(|| ConfigError {
+                origin: "configuration".into(),
+                message: "set STREAM_API_SECRET or stream.api_secret_file".into(),
+            })?;
+        let path = config.resolve(&file);
+        if !path.exists() {
+            let secret = auth::dev::random_secret()?;
+            if let Some(dir) = path.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            tls::write_private(&path, secret.as_bytes()).map_err(|e| ConfigError {
+                origin: path.display().to_string(),
+                message: format!("cannot write the dev Stream secret: {e}"),
+            })?;
+            warn!(path = %path.display(),
+                "generated a random dev Stream secret: tokens work with this proxy but Stream will \
+                 reject them; set STREAM_API_SECRET to your app's secret for real calls");
+        }
+        let secret = config::read_secret_file(&path).map_err(|e| ConfigError {
+            origin: path.display().to_string(),
+            message: format!("cannot use the Stream API secret file: {e}"),
+        })?;
+        config.stream.api_secret = Some(secret);
+    }
+    Ok(())
+}
+
+/// Prints nothing, starts nothing: a Clerk-shaped session token signed with the dev key, for
+/// `stream-token-proxy dev-token`. Generates the key if this is the first run.
+pub fn dev_token(config: &Config, sub: &str, ttl_secs: u64) -> Result<String, StartError> {
+    let file = config
+        .auth
+        .dev_signing_key
+        .as_ref()
+        .ok_or_else(|| ConfigError {
+            origin: "configuration".into(),
+            message: "dev-token needs a dev config (dev = true, auth.dev_signing_key)".into(),
+        })?;
+    let path = config.resolve(file);
+    auth::dev::ensure_dev_signing_key(&path)?;
+    let signer = DevSigner::load(&path)?;
+    let issuer = config.auth.issuer.as_deref().unwrap_or(config::DEV_ISSUER);
+    let claims = auth::dev::DevClaims {
+        issuer,
+        sub,
+        azp: config.auth.authorized_parties.first().map(String::as_str),
+        ttl_secs,
+    };
+    signer.session_token(&claims).map_err(|e| {
+        StartError::Config(ConfigError {
+            origin: "dev-token".into(),
+            message: e.to_string(),
+        })
+    })
+}
+
+/// A secret, for tests that build configs in code.
+pub fn secret(value: &str) -> Secret {
+    Secret::new(value)
 }

@@ -1,4 +1,4 @@
-//! The `stream-token-proxy` command: serve (the default), check-config.
+//! The `stream-token-proxy` command: serve (the default), check-config, dev-token.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,6 +27,16 @@ enum Command {
     Serve,
     /// Validate the configuration (file and environment overrides), print a summary, exit.
     CheckConfig,
+    /// Print a Clerk-shaped session token signed with the dev key (dev configs only), for
+    /// trying the token route without a Clerk account.
+    DevToken {
+        /// The user id (`sub`) the token is for.
+        #[arg(long, default_value = "user_dev")]
+        sub: String,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -41,7 +51,7 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Serve) {
         Command::CheckConfig => {
             println!(
-                "configuration OK: listen {} ({}), upstream {}{}",
+                "configuration OK: listen {} ({}), upstream {}, keys from {}{}",
                 config.server.listen,
                 if config.tls.enabled {
                     "TLS"
@@ -49,11 +59,32 @@ fn main() -> ExitCode {
                     "plain HTTP"
                 },
                 config.upstream.url,
+                key_source(&config),
                 if config.dev { ", DEV profile" } else { "" },
             );
             ExitCode::SUCCESS
         }
         Command::Serve => serve(config),
+        Command::DevToken { sub, ttl } => match stream_token_proxy::dev_token(&config, &sub, ttl) {
+            Ok(token) => {
+                println!("{token}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
+    }
+}
+
+fn key_source(config: &Config) -> String {
+    let auth = &config.auth;
+    match (&auth.jwks_url, &auth.public_key_pem, &auth.public_key_file) {
+        (Some(url), _, _) => format!("JWKS {}", url.0),
+        (_, Some(_), _) => "an inline public key".into(),
+        (_, _, Some(path)) => format!("public key file {}", path.display()),
+        _ => "the dev signing key".into(),
     }
 }
 

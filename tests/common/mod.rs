@@ -31,6 +31,9 @@ pub mod clerk;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type TestBody = BoxBody<Bytes, BoxError>;
 
+/// The Stream secret every test proxy signs with.
+pub const TEST_STREAM_SECRET: &str = "test-stream-secret-0123456789abcdef";
+
 /// The longest any single network step of a test may take.
 pub const STEP: Duration = Duration::from_secs(20);
 
@@ -108,9 +111,15 @@ pub fn test_config(dir: &Path, upstream_url: &str) -> Config {
         [upstream]
         url = "{upstream_url}"
         response_timeout = "5s"
+        [auth]
+        dev_signing_key = "dev-signing-key.pem"
+        [stream]
+        api_key = "test-api-key"
         "#
     );
-    Config::from_toml(&text, "test config", dir).expect("test config parses")
+    let mut config = Config::from_toml(&text, "test config", dir).expect("test config parses");
+    config.stream.api_secret = Some(stream_token_proxy::secret(TEST_STREAM_SECRET));
+    config
 }
 
 /// The proxy running in this process.

@@ -1,0 +1,374 @@
+//! Verification keys: a static PEM key (networkless) or Clerk's JWKS, fetched over HTTPS,
+//! refreshed in the background and re-fetched for an unknown `kid` at most once per cool-down.
+//! The key set is swapped atomically; a failed fetch keeps the last good set.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use http::header::{ACCEPT, USER_AGENT};
+use http::{Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use jsonwebtoken::jwk::Jwk;
+use jsonwebtoken::{Algorithm, DecodingKey};
+use serde::Deserialize;
+use tracing::{debug, info, warn};
+
+use super::AuthError;
+use crate::config::AuthConfig;
+
+/// A JWKS document larger than this is refused (Clerk's is about 1 KB).
+const MAX_JWKS_BYTES: usize = 1024 * 1024;
+const JWKS_USER_AGENT: &str = concat!("stream-token-proxy/", env!("CARGO_PKG_VERSION"));
+
+/// One verification key.
+pub struct VerifyKey {
+    pub decoding: DecodingKey,
+    /// The JWK's `alg`, when it names one: a token must then use exactly that algorithm.
+    pub alg: Option<Algorithm>,
+}
+
+/// The keys in force.
+pub struct KeySet {
+    by_kid: HashMap<String, Arc<VerifyKey>>,
+    /// A static key (PEM) verifies tokens whatever `kid` they name.
+    any: Option<Arc<VerifyKey>>,
+}
+
+impl KeySet {
+    fn find(&self, kid: Option<&str>) -> Option<Arc<VerifyKey>> {
+        if let Some(key) = &self.any {
+            return Some(key.clone());
+        }
+        match kid {
+            Some(kid) => self.by_kid.get(kid).cloned(),
+            // No `kid`: unambiguous only when the set has exactly one key.
+            None if self.by_kid.len() == 1 => self.by_kid.values().next().cloned(),
+            None => None,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_kid.len() + usize::from(self.any.is_some())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("cannot read the public key file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the public key is not an RSA or EC public key in PEM form")]
+    BadPem,
+    #[error("JWKS fetch failed: {0}")]
+    Fetch(String),
+}
+
+/// Outcome counters for JWKS fetches (exported as metrics).
+#[derive(Debug, Default)]
+pub struct FetchStats {
+    pub ok: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+/// The keys in force, and where they come from.
+pub struct KeyStore {
+    current: ArcSwapOption<KeySet>,
+    jwks: Option<JwksSource>,
+    pub stats: FetchStats,
+}
+
+impl std::fmt::Debug for KeyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyStore")
+            .field(
+                "source",
+                &self.jwks.as_ref().map_or("static key", |_| "JWKS"),
+            )
+            .field("keys", &self.current.load().as_ref().map_or(0, |s| s.len()))
+            .finish_non_exhaustive()
+    }
+}
+
+struct JwksSource {
+    url: Uri,
+    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    timeout: Duration,
+    refresh_interval: Duration,
+    cooldown: Duration,
+    /// Serialises fetches so a burst of unknown `kid`s shares one.
+    fetching: tokio::sync::Mutex<()>,
+    /// When the last unknown-`kid` fetch started (ms since `epoch`), 0 for never.
+    last_on_demand_ms: AtomicU64,
+    epoch: Instant,
+}
+
+impl KeyStore {
+    /// A fixed key: Clerk's "JWT public key" (PEM, RSA or EC). No network.
+    pub fn from_pem(pem: &[u8]) -> Result<Self, KeyError> {
+        let decoding = DecodingKey::from_rsa_pem(pem)
+            .or_else(|_| DecodingKey::from_ec_pem(pem))
+            .map_err(|_| KeyError::BadPem)?;
+        let set = KeySet {
+            by_kid: HashMap::new(),
+            any: Some(Arc::new(VerifyKey {
+                decoding,
+                alg: None,
+            })),
+        };
+        Ok(Self {
+            current: ArcSwapOption::from_pointee(set),
+            jwks: None,
+            stats: FetchStats::default(),
+        })
+    }
+
+    /// Keys from a JWKS URL; none until [`KeyStore::run_refresh`] (or a request) fetches them.
+    pub fn from_jwks(url: Uri, config: &AuthConfig) -> Result<Self, KeyError> {
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_webpki_roots(crate::tls::provider())
+            .map_err(|e| KeyError::Fetch(e.to_string()))?
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let client = Client::builder(TokioExecutor::new()).build(https);
+        Ok(Self {
+            current: ArcSwapOption::empty(),
+            jwks: Some(JwksSource {
+                url,
+                client,
+                timeout: config.jwks_timeout.0,
+                refresh_interval: config.jwks_refresh_interval.0,
+                cooldown: config.jwks_refetch_cooldown.0,
+                fetching: tokio::sync::Mutex::new(()),
+                last_on_demand_ms: AtomicU64::new(0),
+                epoch: Instant::now(),
+            }),
+            stats: FetchStats::default(),
+        })
+    }
+
+    /// `true` once there are keys to verify with.
+    pub fn is_ready(&self) -> bool {
+        self.current
+            .load()
+            .as_ref()
+            .is_some_and(|set| !set.is_empty())
+    }
+
+    /// The key set now in force.
+    pub fn current(&self) -> Option<Arc<KeySet>> {
+        self.current.load_full()
+    }
+
+    /// The key for a token's `kid`. An unknown `kid` refetches the JWKS, at most once per
+    /// cool-down; concurrent callers share one fetch.
+    pub async fn key_for(&self, kid: Option<&str>) -> Result<Arc<VerifyKey>, AuthError> {
+        let set = self.current.load_full().ok_or(AuthError::KeysUnavailable)?;
+        if let Some(key) = set.find(kid) {
+            return Ok(key);
+        }
+        let (Some(source), Some(kid)) = (&self.jwks, kid) else {
+            return Err(AuthError::UnknownKey);
+        };
+        if !source.cooldown_over() {
+            return Err(AuthError::UnknownKey);
+        }
+        let _one_at_a_time = source.fetching.lock().await;
+        // While we waited, another request may have fetched the key, or used the cool-down.
+        if let Some(key) = self.current.load().as_ref().and_then(|s| s.find(Some(kid))) {
+            return Ok(key);
+        }
+        if !source.cooldown_over() {
+            return Err(AuthError::UnknownKey);
+        }
+        source.mark_on_demand();
+        debug!("token names an unknown kid; fetching the JWKS");
+        let _ = self.fetch_and_store(source).await;
+        self.current
+            .load()
+            .as_ref()
+            .and_then(|s| s.find(Some(kid)))
+            .ok_or(AuthError::UnknownKey)
+    }
+
+    /// Background refresh: fetch now, then every `jwks_refresh_interval`. Until the first
+    /// success, retries quickly (250 ms doubling to 10 s); after a failure with keys in hand,
+    /// the old keys stay in use. Returns at once for a static key.
+    pub async fn run_refresh(self: Arc<Self>) {
+        let Some(source) = &self.jwks else { return };
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            let wait = {
+                let _one_at_a_time = source.fetching.lock().await;
+                match self.fetch_and_store(source).await {
+                    Ok(()) => {
+                        backoff = Duration::from_millis(250);
+                        source.refresh_interval
+                    }
+                    Err(_) => {
+                        let wait = backoff.min(source.refresh_interval);
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                        wait
+                    }
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    async fn fetch_and_store(&self, source: &JwksSource) -> Result<(), KeyError> {
+        let started = Instant::now();
+        match source.fetch().await {
+            Ok(set) => {
+                self.stats.ok.fetch_add(1, Ordering::Relaxed);
+                info!(
+                    keys = set.len(),
+                    ms = started.elapsed().as_millis() as u64,
+                    "JWKS loaded"
+                );
+                self.current.store(Some(Arc::new(set)));
+                Ok(())
+            }
+            Err(e) => {
+                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                let keeping = self.current.load().as_ref().map_or(0, |s| s.len());
+                warn!(error = %e, keeping_keys = keeping, "JWKS fetch failed; keeping the last good keys");
+                Err(e)
+            }
+        }
+    }
+}
+
+impl JwksSource {
+    fn now_ms(&self) -> u64 {
+        // +1 so that "never" (0) is distinct from a fetch in the first millisecond.
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
+
+    fn cooldown_over(&self) -> bool {
+        let last = self.last_on_demand_ms.load(Ordering::Relaxed);
+        last == 0 || self.now_ms().saturating_sub(last) >= self.cooldown.as_millis() as u64
+    }
+
+    fn mark_on_demand(&self) {
+        self.last_on_demand_ms
+            .store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    async fn fetch(&self) -> Result<KeySet, KeyError> {
+        let request = Request::get(self.url.clone())
+            .header(USER_AGENT, JWKS_USER_AGENT)
+            .header(ACCEPT, "application/json")
+            .body(Empty::new())
+            .map_err(|e| KeyError::Fetch(e.to_string()))?;
+        let fetch = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| KeyError::Fetch(format!("{e} ({})", error_chain(&e))))?;
+            if response.status() != StatusCode::OK {
+                return Err(KeyError::Fetch(format!("status {}", response.status())));
+            }
+            let body = Limited::new(response.into_body(), MAX_JWKS_BYTES)
+                .collect()
+                .await
+                .map_err(|e| KeyError::Fetch(format!("reading the body: {e}")))?
+                .to_bytes();
+            parse_jwks(&body)
+        };
+        tokio::time::timeout(self.timeout, fetch)
+            .await
+            .map_err(|_| KeyError::Fetch(format!("no answer within {:?}", self.timeout)))?
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = Vec::new();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push(c.to_string());
+        cause = c.source();
+    }
+    out.join(": ")
+}
+
+#[derive(Deserialize)]
+struct RawJwks {
+    keys: Vec<serde_json::Value>,
+}
+
+/// Parses a JWKS, keeping signing keys with a `kid` that `jsonwebtoken` can use. Keys of
+/// other types are skipped, so one exotic key does not take the whole set down.
+pub fn parse_jwks(body: &[u8]) -> Result<KeySet, KeyError> {
+    let raw: RawJwks = serde_json::from_slice(body)
+        .map_err(|e| KeyError::Fetch(format!("not a JWKS document: {e}")))?;
+    let mut by_kid = HashMap::new();
+    for value in raw.keys {
+        let Ok(jwk) = serde_json::from_value::<Jwk>(value) else {
+            debug!("skipping a JWKS entry this proxy cannot use");
+            continue;
+        };
+        let is_signing = jwk
+            .common
+            .public_key_use
+            .as_ref()
+            .is_none_or(|u| matches!(u, jsonwebtoken::jwk::PublicKeyUse::Signature));
+        let (Some(kid), true) = (jwk.common.key_id.clone(), is_signing) else {
+            continue;
+        };
+        let Ok(decoding) = DecodingKey::from_jwk(&jwk) else {
+            continue;
+        };
+        let alg = jwk
+            .common
+            .key_algorithm
+            .and_then(|a| a.to_string().parse::<Algorithm>().ok());
+        by_kid.insert(kid, Arc::new(VerifyKey { decoding, alg }));
+    }
+    if by_kid.is_empty() {
+        return Err(KeyError::Fetch(
+            "the JWKS holds no usable signing key".into(),
+        ));
+    }
+    Ok(KeySet { by_kid, any: None })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jwks_parsing_skips_what_it_cannot_use() {
+        let doc = br#"{"keys":[
+            {"kty":"RSA","kid":"a","use":"sig","alg":"RS256","n":"sXchDaQebHnPiGvyDOAT4saGEUetSyo9MKLOoWFsueri23bOdgWp4Dy1WlUzewbgBHod5pcM9H95GQRV3JDXboIRROSBigeC5yjU1hGzHHyXss8UDprecbAYxknTcQkhslANGRUZmdTOQ5qTRsLAt6BTYuyvVRdhS8exSZEy_c4gs_7svlJJQ4H9_NxsiIoLwAEk7-Q3UXERGYw_75IDrGA84-lA_-Ct4eTlXHBIY2EaV7t7LjJaynVJCpkv4LKjTTAumiGUIuQhrNhZLuF_RJLqHpM2kgWFLU7-VTdL1VbC2tejvcI2BlMkEpk1BzBZI0KQB0GaDWFLN-aEAw3vRw","e":"AQAB"},
+            {"kty":"RSA","kid":"enc","use":"enc","n":"sXchDaQebHnPiGvyDOAT4saGEUetSyo9MKLOoWFsueri23bOdgWp4Dy1WlUzewbgBHod5pcM9H95GQRV3JDXboIRROSBigeC5yjU1hGzHHyXss8UDprecbAYxknTcQkhslANGRUZmdTOQ5qTRsLAt6BTYuyvVRdhS8exSZEy_c4gs_7svlJJQ4H9_NxsiIoLwAEk7-Q3UXERGYw_75IDrGA84-lA_-Ct4eTlXHBIY2EaV7t7LjJaynVJCpkv4LKjTTAumiGUIuQhrNhZLuF_RJLqHpM2kgWFLU7-VTdL1VbC2tejvcI2BlMkEpk1BzBZI0KQB0GaDWFLN-aEAw3vRw","e":"AQAB"},
+            {"kty":"weird","kid":"w"},
+            {"kty":"RSA","n":"AQAB","e":"AQAB"}
+        ]}"#;
+        let set = parse_jwks(doc).unwrap();
+        assert_eq!(set.len(), 1);
+        assert!(set.find(Some("a")).is_some());
+        assert!(
+            set.find(Some("enc")).is_none(),
+            "encryption keys are not for signatures"
+        );
+        assert!(set.find(None).is_some(), "one key and no kid: unambiguous");
+        assert!(parse_jwks(br#"{"keys":[]}"#).is_err());
+        assert!(parse_jwks(b"<html>").is_err());
+    }
+}

@@ -1,0 +1,342 @@
+//! The HTTP face of `POST /api/stream/token`: parse, verify the session, check the old route's
+//! body, mint, answer; and CORS for browsers. Crypto lives in `auth` and `stream_token`; errors
+//! are returned, and become responses in the router.
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body::Body as _;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use serde::Serialize;
+
+use crate::access_log::AccessEntry;
+use crate::auth::{self, Session, Verifier, unix_now};
+use crate::body::ProxyBody;
+use crate::config::{AuthConfig, CorsConfig};
+use crate::error::ProxyError;
+use crate::stream_token::StreamMinter;
+
+/// The route's path. The router also sends every other spelling of it here.
+pub const TOKEN_PATH: &str = "/api/stream/token";
+/// Largest body the old route's JSON may have.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+const ALLOW: &str = "POST, OPTIONS";
+
+pub struct TokenRoute {
+    pub verifier: Verifier,
+    pub minter: StreamMinter,
+    pub cors: Cors,
+    session_cookie: bool,
+}
+
+/// The 200 answer.
+#[derive(Serialize)]
+struct TokenResponse<'a> {
+    token: &'a str,
+    user_id: &'a str,
+    api_key: &'a str,
+    expires_at: u64,
+}
+
+impl TokenRoute {
+    pub fn new(
+        auth: &AuthConfig,
+        cors: &CorsConfig,
+        verifier: Verifier,
+        minter: StreamMinter,
+    ) -> Self {
+        Self {
+            verifier,
+            minter,
+            cors: Cors::new(cors),
+            session_cookie: auth.session_cookie,
+        }
+    }
+
+    pub async fn handle(
+        &self,
+        request: Request<Incoming>,
+        entry: &mut Option<AccessEntry>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        match *request.method() {
+            Method::POST => {}
+            Method::OPTIONS => return self.cors.preflight(request.headers()),
+            ref other => return Err(ProxyError::MethodNotAllowed(other.clone(), ALLOW)),
+        }
+        let token = auth::credentials(request.headers(), self.session_cookie)?;
+        let session = self.verifier.verify(token).await?;
+        if let Some(e) = entry.as_mut() {
+            e.user_id = Some(session.user_id.clone());
+        }
+        let body = read_json_body(request).await?;
+        check_body_user(body.as_ref(), &session)?;
+
+        let minted = self.minter.token_for(&session.user_id, unix_now());
+        let json = serde_json::to_vec(&TokenResponse {
+            token: &minted.token,
+            user_id: &session.user_id,
+            api_key: &self.minter.api_key,
+            expires_at: minted.expires_at,
+        })
+        .map_err(|e| ProxyError::Internal(e.to_string()))?;
+        let mut response = Response::new(ProxyBody::full(json));
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        Ok(response)
+    }
+}
+
+/// The old route took `{"userId": ..., "userName": ...}`. An empty body is fine; so is a JSON
+/// object. Anything else is refused before it is read in full.
+async fn read_json_body(
+    request: Request<Incoming>,
+) -> Result<Option<serde_json::Map<String, serde_json::Value>>, ProxyError> {
+    let (parts, body) = request.into_parts();
+    if body.is_end_stream() {
+        return Ok(None);
+    }
+    if let Some(length) = body.size_hint().exact() {
+        if length > MAX_BODY_BYTES as u64 {
+            return Err(ProxyError::PayloadTooLarge(MAX_BODY_BYTES));
+        }
+        if length == 0 {
+            return Ok(None);
+        }
+    }
+    if !is_json(&parts.headers) {
+        return Err(ProxyError::UnsupportedMediaType);
+    }
+    let bytes: Bytes = Limited::new(body, MAX_BODY_BYTES)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<LengthLimitError>() {
+                ProxyError::PayloadTooLarge(MAX_BODY_BYTES)
+            } else {
+                ProxyError::BadRequest("the request body could not be read")
+            }
+        })?
+        .to_bytes();
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    match serde_json::from_slice(&bytes) {
+        Ok(serde_json::Value::Object(map)) => Ok(Some(map)),
+        Ok(_) => Err(ProxyError::BadRequest("the body must be a JSON object")),
+        Err(_) => Err(ProxyError::BadRequest("the body is not valid JSON")),
+    }
+}
+
+/// `application/json`, with or without parameters (`; charset=utf-8`).
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// `userId` in the body may only repeat the verified user; `userName` and the rest are ignored.
+fn check_body_user(
+    body: Option<&serde_json::Map<String, serde_json::Value>>,
+    session: &Session,
+) -> Result<(), ProxyError> {
+    match body.and_then(|b| b.get("userId")) {
+        None | Some(serde_json::Value::Null) => Ok(()),
+        Some(serde_json::Value::String(id)) if id.as_str() == &*session.user_id => Ok(()),
+        Some(serde_json::Value::String(_)) => Err(ProxyError::UserMismatch {
+            user_id: session.user_id.clone(),
+        }),
+        Some(_) => Err(ProxyError::BadRequest("userId must be a string")),
+    }
+}
+
+/// CORS for the token route: exact origins only, no wildcard.
+pub struct Cors {
+    origins: Vec<HeaderValue>,
+    credentials: bool,
+    max_age: HeaderValue,
+}
+
+impl Cors {
+    pub fn new(config: &CorsConfig) -> Self {
+        Self {
+            origins: config
+                .allowed_origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok())
+                .collect(),
+            credentials: config.allow_credentials,
+            max_age: HeaderValue::from(config.max_age.as_secs()),
+        }
+    }
+
+    /// The request's `Origin`, if it is one we allow.
+    pub fn allowed_origin(&self, headers: &HeaderMap) -> Option<HeaderValue> {
+        let origin = headers.get(header::ORIGIN)?;
+        self.origins
+            .iter()
+            .any(|o| o == origin)
+            .then(|| origin.clone())
+    }
+
+    /// Answers `OPTIONS`: a preflight from an allowed origin gets the CORS grant; from any other
+    /// origin, 403 without CORS headers; without `Origin`, a plain `Allow`.
+    fn preflight(&self, headers: &HeaderMap) -> Result<Response<ProxyBody>, ProxyError> {
+        let mut response = Response::new(ProxyBody::empty());
+        *response.status_mut() = StatusCode::NO_CONTENT;
+        let out = response.headers_mut();
+        out.insert(header::ALLOW, HeaderValue::from_static(ALLOW));
+        if headers.contains_key(header::ORIGIN) {
+            let origin = self
+                .allowed_origin(headers)
+                .ok_or(ProxyError::OriginNotAllowed)?;
+            out.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+            out.insert(
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                HeaderValue::from_static(ALLOW),
+            );
+            out.insert(
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                HeaderValue::from_static("authorization, content-type"),
+            );
+            out.insert(header::ACCESS_CONTROL_MAX_AGE, self.max_age.clone());
+            if self.credentials {
+                out.insert(
+                    header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                    HeaderValue::from_static("true"),
+                );
+            }
+            out.insert(header::VARY, HeaderValue::from_static("Origin"));
+        }
+        Ok(response)
+    }
+
+    /// Adds the CORS grant to a (non-preflight) answer for an allowed origin; `Vary: Origin`
+    /// always, since the answer depends on it.
+    pub fn decorate(&self, response: &mut Response<ProxyBody>, origin: Option<HeaderValue>) {
+        let out = response.headers_mut();
+        out.append(header::VARY, HeaderValue::from_static("Origin"));
+        if let Some(origin) = origin {
+            out.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+            out.insert(
+                header::ACCESS_CONTROL_EXPOSE_HEADERS,
+                HeaderValue::from_static("retry-after, ratelimit, ratelimit-policy"),
+            );
+            if self.credentials {
+                out.insert(
+                    header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                    HeaderValue::from_static("true"),
+                );
+            }
+        }
+    }
+}
+
+/// Every spelling of `/api/stream/token` that a framework behind us might still route to the
+/// old, unauthenticated handler (Express matches case-insensitively and ignores a trailing
+/// slash; others decode `%XX` or collapse slashes). All of them are answered here.
+pub fn is_token_path(path: &str) -> bool {
+    if path == TOKEN_PATH {
+        return true;
+    }
+    let bytes = path.as_bytes();
+    let may_match =
+        bytes.contains(&b'%') || bytes.windows(5).any(|w| w.eq_ignore_ascii_case(b"token"));
+    if !may_match {
+        return false;
+    }
+    let decoded = percent_decode(bytes);
+    let mut segments: Vec<&[u8]> = Vec::with_capacity(4);
+    for segment in decoded.split(|b| *b == b'/') {
+        match segment {
+            b"" | b"." => {}
+            b".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
+    let target: [&[u8]; 3] = [b"api", b"stream", b"token"];
+    segments.len() == 3
+        && segments
+            .iter()
+            .zip(target)
+            .all(|(s, t)| s.eq_ignore_ascii_case(t))
+}
+
+fn percent_decode(bytes: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let (Some(h), Some(l)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            )
+        {
+            out.push(h << 4 | l);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_spelling_of_the_token_path_is_caught() {
+        for p in [
+            "/api/stream/token",
+            "/api/stream/token/",
+            "/API/Stream/TOKEN",
+            "//api//stream///token",
+            "/api/stream/./token",
+            "/api/x/../stream/token",
+            "/api/stream/%74oken",
+            "/api%2Fstream%2Ftoken",
+            "/api/stream/token%2F",
+        ] {
+            assert!(is_token_path(p), "{p}");
+        }
+        for p in [
+            "/api/stream/tokens",
+            "/api/stream",
+            "/api/stream/token/x",
+            "/token",
+            "/",
+            "/api/stream/%zz",
+        ] {
+            assert!(!is_token_path(p), "{p}");
+        }
+    }
+
+    #[test]
+    fn json_content_type_accepts_parameters_only() {
+        let mut h = HeaderMap::new();
+        assert!(!is_json(&h));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("Application/JSON; charset=utf-8"),
+        );
+        assert!(is_json(&h));
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        assert!(!is_json(&h));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/jsonx"),
+        );
+        assert!(!is_json(&h));
+    }
+}
