@@ -303,3 +303,16 @@ pub fn echoed(echo: &serde_json::Value, name: &str) -> Vec<String> {
         .map(|(_, v)| v)
         .collect()
 }
+
+impl TlsClient {
+    /// One HTTP/2 connection to send many requests over (clone the sender per task).
+    pub async fn h2_sender(&self) -> hyper::client::conn::http2::SendRequest<TestBody> {
+        let stream = self.connect(&[b"h2"]).await;
+        let (send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .expect("h2 handshake");
+        tokio::spawn(conn);
+        send
+    }
+}
