@@ -890,4 +890,157 @@ mod tests {
             "{err}"
         );
     }
+
+    const PROD: &str = r#"
+        [auth]
+        issuer = "https://clerk.example.com"
+        jwks_url = "https://clerk.example.com/.well-known/jwks.json"
+    "#;
+
+    fn validated(text: &str) -> Result<Config, ConfigError> {
+        let mut config = parse(text)?;
+        config.stream.api_secret = Some(Secret::new("s"));
+        config.validate()?;
+        Ok(config)
+    }
+
+    #[test]
+    fn a_production_config_needs_issuer_keys_and_secret() {
+        validated(PROD).expect("minimal production config");
+        let err = validated("[auth]\njwks_url = \"https://c.example/jwks\"\n").unwrap_err();
+        assert!(err.to_string().contains("auth.issuer is required"), "{err}");
+        let err = validated("[auth]\nissuer = \"https://c.example\"\n").unwrap_err();
+        assert!(
+            err.to_string().contains("no session-token key source"),
+            "{err}"
+        );
+        let both = format!("{PROD}\npublic_key_file = \"k.pem\"\n");
+        let err = validated(&both).unwrap_err();
+        assert!(err.to_string().contains("only one key source"), "{err}");
+
+        let no_secret = parse(PROD).unwrap().validate().unwrap_err();
+        assert!(
+            no_secret.to_string().contains("STREAM_API_SECRET"),
+            "{no_secret}"
+        );
+    }
+
+    #[test]
+    fn insecure_or_loose_auth_settings_are_refused() {
+        let issuer = "issuer = \"https://clerk.example.com\"";
+        let jwks = "jwks_url = \"https://clerk.example.com/jwks\"";
+        let cases = [
+            (
+                format!("[auth]\n{issuer}\njwks_url = \"http://clerk.example.com/jwks\""),
+                "must be fetched over https",
+            ),
+            (
+                format!("[auth]\n{issuer}\n{jwks}\nalgorithms = [\"HS256\"]"),
+                "always refused",
+            ),
+            (
+                format!("[auth]\n{issuer}\n{jwks}\nalgorithms = [\"none\"]"),
+                "always refused",
+            ),
+            (
+                format!("{PROD}\n[cors]\nallowed_origins = [\"*\"]"),
+                "wildcard",
+            ),
+            (
+                format!("{PROD}\n[cors]\nallowed_origins = [\"https://a.example/\"]"),
+                "trailing slash",
+            ),
+            (
+                format!("{PROD}\n[stream]\napi_secret = \"inline\""),
+                "unknown field `api_secret`",
+            ),
+            (
+                format!("{PROD}\n[stream]\ntoken_ttl = \"90days\""),
+                "over 30 days",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = validated(&text).expect_err(&text);
+            assert!(err.to_string().contains(want), "{text:?} gave {err}");
+        }
+        // http:// for a loopback JWKS is fine (local test servers).
+        assert!(JwksUrl::parse("http://127.0.0.1:18401/.well-known/jwks.json").is_ok());
+        assert!(JwksUrl::parse("http://localhost:1/jwks").is_ok());
+    }
+
+    #[test]
+    fn dev_key_and_dev_issuer_stay_on_loopback_unless_forced() {
+        let dev = |listen: &str, force: bool| {
+            let text = EMBEDDED_DEV_CONFIG
+                .replace(
+                    "listen = \"127.0.0.1:3001\"",
+                    &format!("listen = \"{listen}\""),
+                )
+                .replace(
+                    "allow_dev_on_public_listener = false",
+                    &format!("allow_dev_on_public_listener = {force}"),
+                );
+            parse(&text).unwrap().validate()
+        };
+        dev("127.0.0.1:3001", false).expect("loopback is fine");
+        dev("[::1]:3001", false).expect("IPv6 loopback is fine");
+        let err = dev("0.0.0.0:3001", false).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("must not be trusted on the non-loopback listener"),
+            "{err}"
+        );
+        dev("0.0.0.0:3001", true).expect("explicitly forced");
+
+        let dev_issuer_in_prod = format!("{PROD}\n").replace(
+            "https://clerk.example.com\"\n",
+            &format!("{DEV_ISSUER}\"\n"),
+        );
+        let err = validated(&dev_issuer_in_prod).unwrap_err();
+        assert!(err.to_string().contains("dev issuer"), "{err}");
+        let err =
+            validated("[auth]\nissuer = \"https://x.example\"\ndev_signing_key = \"k.pem\"\n")
+                .unwrap_err();
+        assert!(err.to_string().contains("needs `dev = true`"), "{err}");
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_secret() {
+        let mut config = parse(PROD).unwrap();
+        config
+            .apply_env(|k| (k == "STREAM_API_SECRET").then(|| "very-secret-value-123".to_string()))
+            .unwrap();
+        let debug = format!("{config:?} {:#?}", config);
+        assert!(!debug.contains("very-secret-value-123"), "{debug}");
+        assert!(debug.contains("[redacted]"));
+        let err = config
+            .apply_env(|k| (k == "STREAM_API_SECRET").then(|| "  ".to_string()))
+            .unwrap_err();
+        assert!(err.to_string().contains("empty"), "{err}");
+    }
+
+    #[test]
+    fn the_secret_file_is_read_trimmed_and_must_not_be_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("secret"), "s3cr3t\n").unwrap();
+        std::fs::write(dir.path().join("empty"), "\n").unwrap();
+        let text = format!("{PROD}\n[stream]\napi_secret_file = \"secret\"\n");
+        let mut config = Config::from_toml(&text, "t", dir.path()).unwrap();
+        config.load_secret().unwrap();
+        assert_eq!(
+            config.stream.api_secret.as_ref().unwrap().expose(),
+            "s3cr3t"
+        );
+
+        let mut config =
+            Config::from_toml(&text.replace("\"secret\"", "\"empty\""), "t", dir.path()).unwrap();
+        let err = config.load_secret().unwrap_err();
+        assert!(err.to_string().contains("empty"), "{err}");
+        let mut config =
+            Config::from_toml(&text.replace("\"secret\"", "\"missing\""), "t", dir.path()).unwrap();
+        assert!(
+            config.load_secret().is_err(),
+            "a missing file outside dev is an error"
+        );
+    }
 }
