@@ -84,6 +84,8 @@ pub struct Config {
     pub stream: StreamConfig,
     #[serde(default)]
     pub cors: CorsConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
     /// Directory that relative paths in the file are resolved against (the file's own folder).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -98,8 +100,15 @@ pub struct ServerConfig {
     pub shutdown_grace: PositiveDuration,
     /// A client must finish the TLS handshake within this time.
     pub tls_handshake_timeout: PositiveDuration,
-    /// A client must send a complete HTTP/1 request head within this time (slowloris).
+    /// A client must send a complete HTTP/1 request head within this time (slowloris); an idle
+    /// keep-alive connection is closed after it too.
     pub header_read_timeout: PositiveDuration,
+    /// Open client connections at most; further clients wait in the listen backlog.
+    pub max_connections: usize,
+    /// Largest request head (HTTP/1 buffer, HTTP/2 header list), in bytes; over it: 431.
+    pub max_header_bytes: usize,
+    /// Concurrent streams one HTTP/2 connection may open.
+    pub http2_max_concurrent_streams: u32,
 }
 
 impl Default for ServerConfig {
@@ -109,6 +118,9 @@ impl Default for ServerConfig {
             shutdown_grace: PositiveDuration::secs(25),
             tls_handshake_timeout: PositiveDuration::secs(10),
             header_read_timeout: PositiveDuration::secs(10),
+            max_connections: 10_000,
+            max_header_bytes: 16 * 1024,
+            http2_max_concurrent_streams: 128,
         }
     }
 }
@@ -350,6 +362,99 @@ impl Default for CorsConfig {
             allow_credentials: false,
             max_age: PositiveDuration::secs(600),
         }
+    }
+}
+
+/// Rate limits and request bounds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Token route, per client IP (IPv6: per /64), checked before any JWT work.
+    pub token_per_ip: RateConfig,
+    /// Token route, per verified user, checked before minting.
+    pub token_per_user: RateConfig,
+    /// Token route, all clients together. Off unless set.
+    pub token_global: Option<RateConfig>,
+    /// Per-IP limits on forwarded paths, by path prefix. None by default (Node decides).
+    pub forward: Vec<ForwardLimit>,
+    /// Proxies (CIDRs) whose `X-Forwarded-For` is believed when finding the client's IP.
+    pub trusted_proxies: Vec<CidrNet>,
+    /// Keys one limiter may hold; past it, its state starts over (memory stays bounded).
+    pub max_keys: usize,
+    /// How often idle limiter state is pruned.
+    pub prune_interval: PositiveDuration,
+    /// Largest token-route body, in bytes; over it: 413, without reading the rest.
+    pub token_body_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            token_per_ip: RateConfig::new(60, PositiveDuration::secs(60), 20),
+            token_per_user: RateConfig::new(20, PositiveDuration::secs(60), 10),
+            token_global: None,
+            forward: Vec::new(),
+            trusted_proxies: Vec::new(),
+            max_keys: 100_000,
+            prune_interval: PositiveDuration::secs(10),
+            token_body_bytes: 16 * 1024,
+        }
+    }
+}
+
+/// `requests` per `period` (default one minute), with up to `burst` at once (default:
+/// `requests`). `requests = 0` switches the limit off.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateConfig {
+    pub requests: u32,
+    #[serde(default = "one_minute")]
+    pub period: PositiveDuration,
+    #[serde(default)]
+    burst: Option<u32>,
+}
+
+impl RateConfig {
+    pub fn new(requests: u32, period: PositiveDuration, burst: u32) -> Self {
+        Self {
+            requests,
+            period,
+            burst: Some(burst),
+        }
+    }
+
+    pub fn burst(&self) -> u32 {
+        self.burst.unwrap_or(self.requests)
+    }
+}
+
+fn one_minute() -> PositiveDuration {
+    PositiveDuration::secs(60)
+}
+
+/// A per-IP limit on forwarded paths starting with `prefix`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardLimit {
+    pub prefix: String,
+    #[serde(flatten)]
+    pub rate: RateConfig,
+}
+
+/// An IP network in CIDR form (`10.0.0.0/8`, `fd00::/8`); a bare address is a /32 or /128.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct CidrNet(pub ipnet::IpNet);
+
+impl TryFrom<String> for CidrNet {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if let Ok(net) = s.parse::<ipnet::IpNet>() {
+            return Ok(Self(net.trunc()));
+        }
+        s.parse::<std::net::IpAddr>()
+            .map(|ip| Self(ipnet::IpNet::from(ip)))
+            .map_err(|_| format!("`{s}` is not an IP network like 10.0.0.0/8 or an address"))
     }
 }
 
@@ -727,6 +832,49 @@ impl Config {
                         stream.api_secret_file (a mounted secret)"
                     .into(),
             );
+        }
+
+        let limits = &self.limits;
+        let rates = [
+            ("limits.token_per_ip", &limits.token_per_ip),
+            ("limits.token_per_user", &limits.token_per_user),
+        ];
+        for (name, rate) in rates.into_iter().chain(
+            limits
+                .token_global
+                .as_ref()
+                .map(|r| ("limits.token_global", r)),
+        ) {
+            if rate.requests > 0 && rate.burst() == 0 {
+                return err(format!(
+                    "{name}.burst must be at least 1 (or set requests = 0 to switch it off)"
+                ));
+            }
+        }
+        for f in &limits.forward {
+            if !f.prefix.starts_with('/') {
+                return err(format!(
+                    "limits.forward prefix `{}` must start with /",
+                    f.prefix
+                ));
+            }
+            if f.rate.requests > 0 && f.rate.burst() == 0 {
+                return err(format!(
+                    "limits.forward `{}`: burst must be at least 1",
+                    f.prefix
+                ));
+            }
+        }
+        if limits.max_keys == 0 || limits.token_body_bytes == 0 {
+            return err(
+                "limits.max_keys and limits.token_body_bytes must be greater than zero".into(),
+            );
+        }
+        if !(8192..=1024 * 1024).contains(&self.server.max_header_bytes) {
+            return err("server.max_header_bytes must be between 8192 and 1048576".into());
+        }
+        if self.server.max_connections == 0 || self.server.http2_max_concurrent_streams == 0 {
+            return err("server.max_connections and server.http2_max_concurrent_streams must be greater than zero".into());
         }
 
         for origin in &self.cors.allowed_origins {

@@ -14,6 +14,7 @@ use http::{Response, StatusCode};
 
 use crate::auth::AuthError;
 use crate::body::ProxyBody;
+use crate::limits::Limited;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -64,6 +65,8 @@ pub enum ProxyError {
     PayloadTooLarge(usize),
     #[error("CORS preflight from an origin that is not allowed")]
     OriginNotAllowed,
+    #[error("rate limited by {} for {} (retry in {:?})", .0.limiter, .0.key, .0.retry_after)]
+    RateLimited(Limited),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -82,6 +85,7 @@ impl ProxyError {
             Self::UserMismatch { .. } | Self::OriginNotAllowed => StatusCode::FORBIDDEN,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -100,6 +104,7 @@ impl ProxyError {
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::OriginNotAllowed => "origin_not_allowed",
+            Self::RateLimited(_) => "rate_limited",
             Self::Internal(_) => "internal_error",
         }
     }
@@ -121,6 +126,7 @@ impl ProxyError {
             Self::UnsupportedMediaType => "Send the body as application/json, or no body at all.",
             Self::PayloadTooLarge(_) => "The request body is too large.",
             Self::OriginNotAllowed => "This origin is not allowed to call this route.",
+            Self::RateLimited(_) => "Too many requests; retry after the time in Retry-After.",
             Self::Internal(_) => "The proxy failed to handle the request.",
         }
     }
@@ -144,6 +150,21 @@ impl ProxyError {
             }
             Self::Auth(AuthError::KeysUnavailable) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+            }
+            Self::RateLimited(limited) => {
+                // IETF draft-ietf-httpapi-ratelimit-headers: the policy and what is left of it.
+                let secs = limited.retry_after_secs();
+                let policy = format!(
+                    "\"{}\";q={};w={}",
+                    limited.limiter, limited.policy.requests, limited.policy.window_secs
+                );
+                let state = format!("\"{}\";r=0;t={secs}", limited.limiter);
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                for (name, value) in [("ratelimit-policy", policy), ("ratelimit", state)] {
+                    if let Ok(value) = HeaderValue::from_str(&value) {
+                        headers.insert(name, value);
+                    }
+                }
             }
             Self::Auth(e) if self.status() == StatusCode::UNAUTHORIZED => {
                 headers.insert(header::WWW_AUTHENTICATE, www_authenticate(e));

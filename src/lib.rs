@@ -14,6 +14,7 @@
 //! | [`auth`] | session-token verification: keys (JWKS, PEM, dev), claims, cache |
 //! | [`stream_token`] | minting Stream user tokens |
 //! | [`token_route`] | the HTTP face of `POST /api/stream/token`, CORS |
+//! | [`limits`] | rate limits (per IP, per user, global, forwarded prefixes), client IP |
 //! | [`error`] | the one mapping from errors to status + JSON |
 
 pub mod access_log;
@@ -22,6 +23,7 @@ pub mod body;
 pub mod config;
 pub mod error;
 pub mod forward;
+pub mod limits;
 mod router;
 mod server;
 pub mod stream_token;
@@ -44,6 +46,7 @@ use crate::auth::keys::KeyError;
 use crate::auth::{KeyStore, Verifier};
 use crate::config::{ConfigError, Secret};
 use crate::forward::Forwarder;
+use crate::limits::Limits;
 use crate::router::App;
 use crate::stream_token::StreamMinter;
 use crate::tls::{CertStore, TlsError};
@@ -145,11 +148,14 @@ pub async fn start(mut config: Config) -> Result<ProxyHandle, StartError> {
             "stream.api_key is empty; responses will carry an empty api_key (set STREAM_API_KEY)"
         );
     }
+    let limits = Arc::new(Limits::new(&config.limits));
     let token = TokenRoute::new(
         &config.auth,
         &config.cors,
         Verifier::new(&config.auth, keys.clone()),
         StreamMinter::new(&config.stream, &secret),
+        limits.clone(),
+        config.limits.token_body_bytes,
     );
 
     let addr = config.server.listen;
@@ -163,15 +169,18 @@ pub async fn start(mut config: Config) -> Result<ProxyHandle, StartError> {
     let app = Arc::new(App {
         forwarder: Forwarder::new(&config.upstream, &config.forwarding),
         token,
+        limits: limits.clone(),
     });
     let (shutdown, shutdown_rx) = watch::channel(false);
     let scheme = if acceptor.is_some() { "https" } else { "http" };
     info!(listen = %local_addr, upstream = %config.upstream.url, "serving {scheme}");
     let refresh = tokio::spawn(keys.clone().run_refresh());
+    let maintenance = tokio::spawn(limits.run_maintenance());
     let server_settings = config.server.clone();
     let task = tokio::spawn(async move {
         server::run(listener, acceptor, app, &server_settings, shutdown_rx).await;
         refresh.abort();
+        maintenance.abort();
     });
     Ok(ProxyHandle {
         local_addr,

@@ -13,15 +13,30 @@ use crate::access_log::{AccessEntry, LoggedBody};
 use crate::body::ProxyBody;
 use crate::error::{Fault, ProxyError};
 use crate::forward::{ClientConn, Forwarder};
+use crate::limits::{Limited, Limits};
 use crate::token_route::{TokenRoute, is_token_path};
 
 /// Everything a request may need, shared by all connections.
 pub struct App {
     pub forwarder: Forwarder,
     pub token: TokenRoute,
+    pub limits: Arc<Limits>,
 }
 
 impl App {
+    /// Per-IP limits on forwarded paths, when configured (none by default).
+    fn check_forward_limit(
+        &self,
+        request: &Request<Incoming>,
+        conn: ClientConn,
+    ) -> Result<(), Limited> {
+        if !self.limits.has_forward_limits() {
+            return Ok(());
+        }
+        let ip = self.limits.client_ip(conn.peer.ip(), request.headers());
+        self.limits.check_forward(request.uri().path(), ip)
+    }
+
     pub async fn handle(
         self: Arc<Self>,
         request: Request<Incoming>,
@@ -36,7 +51,8 @@ impl App {
             }
             let origin = self.token.cors.allowed_origin(request.headers());
             let preflight = request.method() == Method::OPTIONS;
-            let result = self.token.handle(request, &mut entry).await;
+            let client_ip = self.limits.client_ip(conn.peer.ip(), request.headers());
+            let result = self.token.handle(request, client_ip, &mut entry).await;
             let mut response = respond(result, &mut entry, conn);
             if !preflight {
                 self.token.cors.decorate(&mut response, origin);
@@ -44,6 +60,8 @@ impl App {
             response
         } else if request.method() == Method::CONNECT {
             respond(Err(ProxyError::NotImplemented("CONNECT")), &mut entry, conn)
+        } else if let Err(limited) = self.check_forward_limit(&request, conn) {
+            respond(Err(ProxyError::RateLimited(limited)), &mut entry, conn)
         } else {
             let result = self
                 .forwarder

@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -11,7 +12,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
@@ -31,9 +32,21 @@ pub async fn run(
 ) {
     let builder = Arc::new(http_builder(settings));
     let handshake_timeout = settings.tls_handshake_timeout.0;
+    let first_request = settings.header_read_timeout.0;
     let graceful = GracefulShutdown::new();
+    // One permit per open connection: at the cap we stop accepting, and new clients wait in the
+    // kernel's listen backlog instead of taking the proxy down.
+    let slots = Arc::new(Semaphore::new(settings.max_connections));
 
     loop {
+        let permit = tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|stop| *stop) => break,
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break, // the semaphore is never closed
+            },
+        };
         let accepted = tokio::select! {
             biased;
             _ = shutdown.wait_for(|stop| *stop) => break,
@@ -52,12 +65,14 @@ pub async fn run(
         let watcher = graceful.watcher();
         let (app, builder, tls) = (app.clone(), builder.clone(), tls.clone());
         tokio::spawn(async move {
+            let _slot = permit;
             match tls {
                 Some(acceptor) => {
                     match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(stream)) => {
                             let conn = ClientConn { peer, tls: true };
-                            serve_connection(stream, conn, app, &builder, watcher).await;
+                            serve_connection(stream, conn, app, &builder, watcher, first_request)
+                                .await;
                         }
                         Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => debug!(%peer, "TLS handshake timed out"),
@@ -65,7 +80,7 @@ pub async fn run(
                 }
                 None => {
                     let conn = ClientConn { peer, tls: false };
-                    serve_connection(stream, conn, app, &builder, watcher).await;
+                    serve_connection(stream, conn, app, &builder, watcher, first_request).await;
                 }
             }
         });
@@ -89,27 +104,61 @@ fn http_builder(settings: &ServerConfig) -> Builder {
     builder
         .http1()
         .timer(TokioTimer::new())
+        // Also closes idle keep-alive connections: the timer runs while waiting for a head.
         .header_read_timeout(settings.header_read_timeout.0)
+        .max_buf_size(settings.max_header_bytes)
         .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(settings.http2_max_concurrent_streams)
+        .max_header_list_size(settings.max_header_bytes as u32)
+        // Rapid-reset floods (CVE-2023-44487): few pending resets allowed, then GOAWAY.
+        .max_pending_accept_reset_streams(Some(20))
+        .max_local_error_reset_streams(Some(256))
+        // Dead peers are found by pings; a stalled one is dropped.
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
     builder
 }
 
+/// Serves one connection. A client must send its first request within `first_request`
+/// (`server.header_read_timeout`): before hyper has a request to time, it has no timer of its
+/// own (the HTTP/1-vs-2 sniff and the HTTP/2 preface wait forever), so a silent connection would
+/// hold its slot for good.
 async fn serve_connection<I>(
     io: I,
     conn: ClientConn,
     app: Arc<App>,
     builder: &Builder,
     watcher: Watcher,
+    first_request: Duration,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = service_fn(move |request| {
-        let app = app.clone();
-        async move { Ok::<_, Infallible>(app.handle(request, conn).await) }
+    let requested = Arc::new(AtomicBool::new(false));
+    let service = service_fn({
+        let requested = requested.clone();
+        move |request| {
+            requested.store(true, Ordering::Relaxed);
+            let app = app.clone();
+            async move { Ok::<_, Infallible>(app.handle(request, conn).await) }
+        }
     });
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    if let Err(e) = watcher.watch(connection).await {
+    let connection =
+        watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(io), service));
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = &mut connection => result,
+        _ = tokio::time::sleep(first_request) => {
+            if !requested.load(Ordering::Relaxed) {
+                debug!(peer = %conn.peer, "no request within the header timeout; closing");
+                return;
+            }
+            connection.await
+        }
+    };
+    if let Err(e) = result {
         debug!(peer = %conn.peer, error = %e, "connection ended with an error");
     }
 }

@@ -10,24 +10,28 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use serde::Serialize;
 
+use std::net::IpAddr;
+use std::sync::Arc;
+
 use crate::access_log::AccessEntry;
 use crate::auth::{self, Session, Verifier, unix_now};
 use crate::body::ProxyBody;
 use crate::config::{AuthConfig, CorsConfig};
 use crate::error::ProxyError;
+use crate::limits::Limits;
 use crate::stream_token::StreamMinter;
 
 /// The route's path. The router also sends every other spelling of it here.
 pub const TOKEN_PATH: &str = "/api/stream/token";
-/// Largest body the old route's JSON may have.
-pub const MAX_BODY_BYTES: usize = 16 * 1024;
 const ALLOW: &str = "POST, OPTIONS";
 
 pub struct TokenRoute {
     pub verifier: Verifier,
     pub minter: StreamMinter,
     pub cors: Cors,
+    pub limits: Arc<Limits>,
     session_cookie: bool,
+    body_limit: usize,
 }
 
 /// The 200 answer.
@@ -45,18 +49,24 @@ impl TokenRoute {
         cors: &CorsConfig,
         verifier: Verifier,
         minter: StreamMinter,
+        limits: Arc<Limits>,
+        body_limit: usize,
     ) -> Self {
         Self {
             verifier,
             minter,
             cors: Cors::new(cors),
+            limits,
             session_cookie: auth.session_cookie,
+            body_limit,
         }
     }
 
+    /// `client_ip` is the address the per-IP limit counts (see `Limits::client_ip`).
     pub async fn handle(
         &self,
         request: Request<Incoming>,
+        client_ip: IpAddr,
         entry: &mut Option<AccessEntry>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         match *request.method() {
@@ -64,12 +74,19 @@ impl TokenRoute {
             Method::OPTIONS => return self.cors.preflight(request.headers()),
             ref other => return Err(ProxyError::MethodNotAllowed(other.clone(), ALLOW)),
         }
+        // Before any parsing or crypto: the per-IP (and global) limit.
+        self.limits
+            .check_token_ip(client_ip)
+            .map_err(ProxyError::RateLimited)?;
         let token = auth::credentials(request.headers(), self.session_cookie)?;
         let session = self.verifier.verify(token).await?;
         if let Some(e) = entry.as_mut() {
             e.user_id = Some(session.user_id.clone());
         }
-        let body = read_json_body(request).await?;
+        self.limits
+            .check_token_user(&session.user_id)
+            .map_err(ProxyError::RateLimited)?;
+        let body = read_json_body(request, self.body_limit).await?;
         check_body_user(body.as_ref(), &session)?;
 
         let minted = self.minter.token_for(&session.user_id, unix_now());
@@ -95,14 +112,15 @@ impl TokenRoute {
 /// object. Anything else is refused before it is read in full.
 async fn read_json_body(
     request: Request<Incoming>,
+    limit: usize,
 ) -> Result<Option<serde_json::Map<String, serde_json::Value>>, ProxyError> {
     let (parts, body) = request.into_parts();
     if body.is_end_stream() {
         return Ok(None);
     }
     if let Some(length) = body.size_hint().exact() {
-        if length > MAX_BODY_BYTES as u64 {
-            return Err(ProxyError::PayloadTooLarge(MAX_BODY_BYTES));
+        if length > limit as u64 {
+            return Err(ProxyError::PayloadTooLarge(limit));
         }
         if length == 0 {
             return Ok(None);
@@ -111,12 +129,12 @@ async fn read_json_body(
     if !is_json(&parts.headers) {
         return Err(ProxyError::UnsupportedMediaType);
     }
-    let bytes: Bytes = Limited::new(body, MAX_BODY_BYTES)
+    let bytes: Bytes = Limited::new(body, limit)
         .collect()
         .await
         .map_err(|e| {
             if e.is::<LengthLimitError>() {
-                ProxyError::PayloadTooLarge(MAX_BODY_BYTES)
+                ProxyError::PayloadTooLarge(limit)
             } else {
                 ProxyError::BadRequest("the request body could not be read")
             }

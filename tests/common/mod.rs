@@ -115,6 +115,9 @@ pub fn test_config(dir: &Path, upstream_url: &str) -> Config {
         dev_signing_key = "dev-signing-key.pem"
         [stream]
         api_key = "test-api-key"
+        [limits]
+        token_per_ip = {{ requests = 0 }}
+        token_per_user = {{ requests = 0 }}
         "#
     );
     let mut config = Config::from_toml(&text, "test config", dir).expect("test config parses");
