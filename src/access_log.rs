@@ -27,6 +27,8 @@ pub struct AccessEntry {
     pub error: Option<&'static str>,
     /// The verified user, on the token route (a user id, never a token).
     pub user_id: Option<std::sync::Arc<str>>,
+    /// `X-Request-Id`, taken from the client or generated.
+    pub request_id: Option<http::HeaderValue>,
     started: Instant,
 }
 
@@ -41,6 +43,7 @@ impl AccessEntry {
             upstream_time: None,
             error: None,
             user_id: None,
+            request_id: None,
             started,
         })
     }
@@ -115,6 +118,7 @@ impl Drop for LoggedBody {
             complete = self.complete || self.inner.is_end_stream(),
             error = e.error,
             user_id = e.user_id.as_deref(),
+            request_id = e.request_id.as_ref().and_then(|v| v.to_str().ok()),
             "request"
         );
     }

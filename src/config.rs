@@ -22,6 +22,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("TLS_CERT", "tls.cert"),
     ("TLS_KEY", "tls.key"),
     ("LOG_FORMAT", "log.format"),
+    ("ADMIN_LISTEN", "admin.listen"),
     ("CLERK_ISSUER", "auth.issuer"),
     (
         "CLERK_JWKS_URL",
@@ -86,6 +87,8 @@ pub struct Config {
     pub cors: CorsConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
     /// Directory that relative paths in the file are resolved against (the file's own folder).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -109,6 +112,8 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     /// Concurrent streams one HTTP/2 connection may open.
     pub http2_max_concurrent_streams: u32,
+    /// How often the certificate, key and secret files are checked for changes (also: SIGHUP).
+    pub reload_interval: PositiveDuration,
 }
 
 impl Default for ServerConfig {
@@ -121,6 +126,7 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             max_header_bytes: 16 * 1024,
             http2_max_concurrent_streams: 128,
+            reload_interval: PositiveDuration::secs(10),
         }
     }
 }
@@ -315,6 +321,9 @@ pub struct StreamConfig {
     /// The secret, from `STREAM_API_SECRET` or `api_secret_file` (never from TOML).
     #[serde(skip)]
     pub api_secret: Option<Secret>,
+    /// `true` when `STREAM_API_SECRET` gave the secret (then the file is not watched).
+    #[serde(skip)]
+    pub api_secret_from_env: bool,
 }
 
 impl Default for StreamConfig {
@@ -326,6 +335,7 @@ impl Default for StreamConfig {
             token_reuse_margin: Duration::from_secs(600),
             token_cache_size: 10_000,
             api_secret: None,
+            api_secret_from_env: false,
         }
     }
 }
@@ -339,6 +349,7 @@ impl fmt::Debug for StreamConfig {
             .field("token_reuse_margin", &self.token_reuse_margin)
             .field("token_cache_size", &self.token_cache_size)
             .field("api_secret", &self.api_secret)
+            .field("api_secret_from_env", &self.api_secret_from_env)
             .finish()
     }
 }
@@ -361,6 +372,25 @@ impl Default for CorsConfig {
             allowed_origins: Vec::new(),
             allow_credentials: false,
             max_age: PositiveDuration::secs(600),
+        }
+    }
+}
+
+/// The admin listener: plain HTTP, never on the public port.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// `false` runs without `/healthz`, `/readyz` and `/metrics`.
+    pub enabled: bool,
+    /// Where they are served. In a pod, `0.0.0.0:9090` so the kubelet and Prometheus reach it.
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
         }
     }
 }
@@ -732,6 +762,15 @@ impl Config {
                 return Err(bad("STREAM_API_SECRET", "is set but empty".into()));
             }
             self.stream.api_secret = Some(Secret::new(v));
+            self.stream.api_secret_from_env = true;
+        }
+        if let Some(v) = lookup("ADMIN_LISTEN") {
+            self.admin.listen = v.parse().map_err(|e| {
+                bad(
+                    "ADMIN_LISTEN",
+                    format!("`{v}` is not an address like 0.0.0.0:9090 ({e})"),
+                )
+            })?;
         }
         if let Some(v) = lookup("LOG_FORMAT") {
             self.log.format = match v.as_str() {
@@ -834,6 +873,16 @@ impl Config {
             );
         }
 
+        if self.admin.enabled
+            && self.admin.listen == self.server.listen
+            && self.server.listen.port() != 0
+        {
+            return err(
+                "admin.listen must differ from server.listen: the admin endpoints are never \
+                        served on the public port"
+                    .into(),
+            );
+        }
         let limits = &self.limits;
         let rates = [
             ("limits.token_per_ip", &limits.token_per_ip),

@@ -15,15 +15,20 @@
 //! | [`stream_token`] | minting Stream user tokens |
 //! | [`token_route`] | the HTTP face of `POST /api/stream/token`, CORS |
 //! | [`limits`] | rate limits (per IP, per user, global, forwarded prefixes), client IP |
+//! | [`admin`], [`metrics`] | `/healthz`, `/readyz`, `/metrics` on their own listener |
+//! | [`reload`] | certificate and secret rotation without restart |
 //! | [`error`] | the one mapping from errors to status + JSON |
 
 pub mod access_log;
+pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod config;
 pub mod error;
 pub mod forward;
 pub mod limits;
+pub mod metrics;
+pub mod reload;
 mod router;
 mod server;
 pub mod stream_token;
@@ -41,13 +46,16 @@ use tracing::{info, warn};
 
 pub use config::Config;
 
+use crate::admin::AdminState;
 use crate::auth::dev::{DevKeyError, DevSigner};
 use crate::auth::keys::KeyError;
 use crate::auth::{KeyStore, Verifier};
 use crate::config::{ConfigError, Secret};
 use crate::forward::Forwarder;
 use crate::limits::Limits;
-use crate::router::App;
+use crate::metrics::Metrics;
+use crate::reload::Reloader;
+use crate::router::{App, RequestIds};
 use crate::stream_token::StreamMinter;
 use crate::tls::{CertStore, TlsError};
 use crate::token_route::TokenRoute;
@@ -73,8 +81,11 @@ pub enum StartError {
 #[derive(Debug)]
 pub struct ProxyHandle {
     local_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
     certs: Option<Arc<CertStore>>,
     keys: Arc<KeyStore>,
+    admin: Arc<AdminState>,
+    reloader: Arc<Reloader>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -83,6 +94,21 @@ impl ProxyHandle {
     /// The public address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The admin listener's address (`/healthz`, `/readyz`, `/metrics`), when enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.admin.metrics
+    }
+
+    /// Re-reads the certificate, key and secret file now (what SIGHUP does).
+    pub fn reload(&self) {
+        self.reloader.check(true);
     }
 
     /// The certificate store, when TLS is on.
@@ -95,8 +121,11 @@ impl ProxyHandle {
         &self.keys
     }
 
-    /// Stops accepting and starts the graceful drain; returns at once.
+    /// Stops accepting and starts the graceful drain (readiness turns 503); returns at once.
     pub fn shutdown(&self) {
+        self.admin
+            .serving
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         self.shutdown.send_replace(true);
     }
 
@@ -132,7 +161,8 @@ pub async fn start(mut config: Config) -> Result<ProxyHandle, StartError> {
         None => None,
     };
 
-    let keys = Arc::new(key_store(&config)?);
+    let metrics = Arc::new(Metrics::new());
+    let keys = Arc::new(key_store(&config, metrics.clone())?);
     let secret = config
         .stream
         .api_secret
@@ -149,13 +179,15 @@ pub async fn start(mut config: Config) -> Result<ProxyHandle, StartError> {
         );
     }
     let limits = Arc::new(Limits::new(&config.limits));
+    let minter = Arc::new(StreamMinter::new(&config.stream, &secret));
     let token = TokenRoute::new(
         &config.auth,
         &config.cors,
         Verifier::new(&config.auth, keys.clone()),
-        StreamMinter::new(&config.stream, &secret),
+        minter.clone(),
         limits.clone(),
         config.limits.token_body_bytes,
+        metrics.clone(),
     );
 
     let addr = config.server.listen;
@@ -165,27 +197,75 @@ pub async fn start(mut config: Config) -> Result<ProxyHandle, StartError> {
     let local_addr = listener
         .local_addr()
         .map_err(|source| StartError::Bind { addr, source })?;
+    let admin_listener = if config.admin.enabled {
+        let addr = config.admin.listen;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })?;
+        Some(listener)
+    } else {
+        None
+    };
+    let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
 
     let app = Arc::new(App {
         forwarder: Forwarder::new(&config.upstream, &config.forwarding),
         token,
         limits: limits.clone(),
+        metrics: metrics.clone(),
+        request_ids: RequestIds::default(),
     });
+    let admin = Arc::new(AdminState {
+        metrics: metrics.clone(),
+        keys: keys.clone(),
+        limits: limits.clone(),
+        certs: certs.clone(),
+        serving: std::sync::atomic::AtomicBool::new(true),
+    });
+    let secret_file = match (
+        &config.stream.api_secret_file,
+        config.stream.api_secret_from_env,
+    ) {
+        (Some(file), false) => Some(config.resolve(file)),
+        _ => None,
+    };
+    let reloader = Arc::new(Reloader::new(
+        certs.clone(),
+        secret_file,
+        minter,
+        metrics.clone(),
+    ));
     let (shutdown, shutdown_rx) = watch::channel(false);
     let scheme = if acceptor.is_some() { "https" } else { "http" };
-    info!(listen = %local_addr, upstream = %config.upstream.url, "serving {scheme}");
-    let refresh = tokio::spawn(keys.clone().run_refresh());
-    let maintenance = tokio::spawn(limits.run_maintenance());
+    info!(listen = %local_addr, admin = ?admin_addr, upstream = %config.upstream.url, "serving {scheme}");
+    let background = [
+        tokio::spawn(keys.clone().run_refresh()),
+        tokio::spawn(limits.run_maintenance()),
+        tokio::spawn(reloader.clone().watch(config.server.reload_interval.0)),
+    ];
+    let admin_task = admin_listener.map(|l| tokio::spawn(admin::run(l, admin.clone())));
     let server_settings = config.server.clone();
     let task = tokio::spawn(async move {
-        server::run(listener, acceptor, app, &server_settings, shutdown_rx).await;
-        refresh.abort();
-        maintenance.abort();
+        server::run(
+            listener,
+            acceptor,
+            app,
+            metrics,
+            &server_settings,
+            shutdown_rx,
+        )
+        .await;
+        for task in background.iter().chain(admin_task.as_ref()) {
+            task.abort();
+        }
     });
     Ok(ProxyHandle {
         local_addr,
+        admin_addr,
         certs,
         keys,
+        admin,
+        reloader,
         shutdown,
         task,
     })
@@ -200,13 +280,13 @@ pub fn tls_paths(config: &Config) -> (PathBuf, PathBuf) {
 }
 
 /// The key store the configuration names (exactly one source; `Config::validate` checks).
-fn key_store(config: &Config) -> Result<KeyStore, StartError> {
+fn key_store(config: &Config, metrics: Arc<Metrics>) -> Result<KeyStore, StartError> {
     let auth = &config.auth;
     if let Some(url) = &auth.jwks_url {
-        return Ok(KeyStore::from_jwks(url.0.clone(), auth)?);
+        return Ok(KeyStore::from_jwks(url.0.clone(), auth, metrics)?);
     }
     if let Some(pem) = &auth.public_key_pem {
-        return Ok(KeyStore::from_pem(pem.as_bytes())?);
+        return Ok(KeyStore::from_pem(pem.as_bytes(), metrics)?);
     }
     if let Some(file) = &auth.public_key_file {
         let path = config.resolve(file);
@@ -214,10 +294,10 @@ fn key_store(config: &Config) -> Result<KeyStore, StartError> {
             path: path.display().to_string(),
             source,
         })?;
-        return Ok(KeyStore::from_pem(&pem)?);
+        return Ok(KeyStore::from_pem(&pem, metrics)?);
     }
     if let Some(file) = &auth.dev_signing_key {
-        return Ok(DevSigner::load(&config.resolve(file))?.key_store()?);
+        return Ok(DevSigner::load(&config.resolve(file))?.key_store(metrics)?);
     }
     Err(ConfigError {
         origin: "configuration".into(),

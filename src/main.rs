@@ -12,7 +12,7 @@ use tracing_subscriber::EnvFilter;
 /// TLS-terminating sidecar for a Node.js backend: verifies Clerk sessions, mints Stream Chat
 /// user tokens at POST /api/stream/token, and forwards every other request unchanged.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about, after_help = AFTER_HELP)]
 struct Cli {
     /// Configuration file. Default: ./proxy.toml if it exists, else the embedded dev config.
     #[arg(long, short, global = true, value_name = "PATH")]
@@ -38,6 +38,19 @@ enum Command {
         ttl: u64,
     },
 }
+
+const AFTER_HELP: &str = "\
+Environment (overrides the file):
+  PROXY_LISTEN, ADMIN_LISTEN, UPSTREAM_URL, TLS_CERT, TLS_KEY, LOG_FORMAT,
+  CLERK_ISSUER, CLERK_JWKS_URL, CLERK_JWT_KEY, CLERK_AUTHORIZED_PARTIES,
+  STREAM_API_KEY, STREAM_API_SECRET (the secret itself), STREAM_API_SECRET_FILE,
+  RUST_LOG (log filter, wins over log.level)
+
+Signals:
+  SIGTERM, SIGINT  stop accepting, finish in-flight requests (server.shutdown_grace), exit 0
+  SIGHUP           reload the TLS certificate/key and the Stream secret file
+
+Every key of the file is documented in the shipped proxy.toml.";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -118,19 +131,27 @@ fn serve(config: Config) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let (mut term, mut int) = match (
+        let signals = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
-        ) {
-            (Ok(t), Ok(i)) => (t, i),
-            (Err(e), _) | (_, Err(e)) => {
+            signal(SignalKind::hangup()),
+        );
+        let (mut term, mut int, mut hup) = match signals {
+            (Ok(t), Ok(i), Ok(h)) => (t, i, h),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
                 error!(error = %e, "cannot install signal handlers");
                 return ExitCode::FAILURE;
             }
         };
-        let name = tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
+        let name = loop {
+            tokio::select! {
+                _ = term.recv() => break "SIGTERM",
+                _ = int.recv() => break "SIGINT",
+                _ = hup.recv() => {
+                    info!("SIGHUP: reloading the certificate and secret files");
+                    handle.reload();
+                }
+            }
         };
         info!(signal = name, "shutting down gracefully");
         handle.shutdown();

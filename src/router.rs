@@ -3,8 +3,10 @@
 //! logs it, and attaches the access log.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use tracing::{info, warn};
@@ -14,6 +16,7 @@ use crate::body::ProxyBody;
 use crate::error::{Fault, ProxyError};
 use crate::forward::{ClientConn, Forwarder};
 use crate::limits::{Limited, Limits};
+use crate::metrics::Metrics;
 use crate::token_route::{TokenRoute, is_token_path};
 
 /// Everything a request may need, shared by all connections.
@@ -21,6 +24,54 @@ pub struct App {
     pub forwarder: Forwarder,
     pub token: TokenRoute,
     pub limits: Arc<Limits>,
+    pub metrics: Arc<Metrics>,
+    pub request_ids: RequestIds,
+}
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Request ids: the client's `X-Request-Id` when it is sane, else `<process prefix>-<counter>`.
+pub struct RequestIds {
+    prefix: String,
+    next: AtomicU64,
+}
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        let mut bytes = [0u8; 6];
+        // A zero prefix (if the RNG failed) still gives ids unique within this process.
+        let _ = aws_lc_rs::rand::fill(&mut bytes);
+        Self {
+            prefix: bytes.iter().map(|b| format!("{b:02x}")).collect(),
+            next: AtomicU64::new(1),
+        }
+    }
+}
+
+impl RequestIds {
+    /// The id for this request, written into its headers so the upstream sees the same one.
+    fn assign(&self, headers: &mut HeaderMap) -> HeaderValue {
+        if let Some(id) = headers.get(&X_REQUEST_ID)
+            && is_sane_request_id(id.as_bytes())
+            && headers.get_all(&X_REQUEST_ID).iter().count() == 1
+        {
+            return id.clone();
+        }
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let id = HeaderValue::from_str(&format!("{}-{n:x}", self.prefix))
+            .unwrap_or_else(|_| HeaderValue::from_static("invalid"));
+        headers.insert(X_REQUEST_ID.clone(), id.clone());
+        id
+    }
+}
+
+/// At most 128 bytes of `[A-Za-z0-9._:-]`: safe to log and to pass on.
+fn is_sane_request_id(id: &[u8]) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
 impl App {
@@ -39,13 +90,23 @@ impl App {
 
     pub async fn handle(
         self: Arc<Self>,
-        request: Request<Incoming>,
+        mut request: Request<Incoming>,
         conn: ClientConn,
     ) -> Response<LoggedBody> {
         let started = Instant::now();
+        let request_id = self.request_ids.assign(request.headers_mut());
         let mut entry = AccessEntry::start(request.method(), request.uri().path(), started);
+        if let Some(e) = entry.as_mut() {
+            e.request_id = Some(request_id.clone());
+        }
+        let route = if is_token_path(request.uri().path()) {
+            0
+        } else {
+            1
+        };
 
-        let response = if is_token_path(request.uri().path()) {
+        let metrics = &self.metrics;
+        let mut response = if route == 0 {
             if let Some(e) = entry.as_mut() {
                 e.route = "token";
             }
@@ -53,29 +114,46 @@ impl App {
             let preflight = request.method() == Method::OPTIONS;
             let client_ip = self.limits.client_ip(conn.peer.ip(), request.headers());
             let result = self.token.handle(request, client_ip, &mut entry).await;
-            let mut response = respond(result, &mut entry, conn);
+            let mut response = respond(result, &mut entry, conn, metrics);
             if !preflight {
                 self.token.cors.decorate(&mut response, origin);
             }
             response
         } else if request.method() == Method::CONNECT {
-            respond(Err(ProxyError::NotImplemented("CONNECT")), &mut entry, conn)
+            respond(
+                Err(ProxyError::NotImplemented("CONNECT")),
+                &mut entry,
+                conn,
+                metrics,
+            )
         } else if let Err(limited) = self.check_forward_limit(&request, conn) {
-            respond(Err(ProxyError::RateLimited(limited)), &mut entry, conn)
+            respond(
+                Err(ProxyError::RateLimited(limited)),
+                &mut entry,
+                conn,
+                metrics,
+            )
         } else {
             let result = self
                 .forwarder
                 .forward(request, conn)
                 .await
                 .map(|forwarded| {
+                    metrics
+                        .upstream_duration
+                        .observe(forwarded.upstream_time.as_secs_f64());
                     if let Some(e) = entry.as_mut() {
                         e.upstream_time = Some(forwarded.upstream_time);
                     }
                     forwarded.response.map(ProxyBody::upstream)
                 });
-            respond(result, &mut entry, conn)
+            respond(result, &mut entry, conn, metrics)
         };
 
+        metrics.request(route, response.status());
+        response
+            .headers_mut()
+            .insert(X_REQUEST_ID.clone(), request_id);
         if let Some(e) = entry.as_mut() {
             e.status = response.status();
         }
@@ -88,11 +166,20 @@ fn respond(
     result: Result<Response<ProxyBody>, ProxyError>,
     entry: &mut Option<AccessEntry>,
     conn: ClientConn,
+    metrics: &Metrics,
 ) -> Response<ProxyBody> {
     let error = match result {
         Ok(response) => return response,
         Err(error) => error,
     };
+    match &error {
+        ProxyError::Auth(e) => metrics.verification_failure(e.code()),
+        ProxyError::RateLimited(limited) => metrics.rate_limited(limited.limiter),
+        ProxyError::UpstreamConnect(_) => metrics.upstream_error("connect"),
+        ProxyError::UpstreamTimeout(_) => metrics.upstream_error("timeout"),
+        ProxyError::UpstreamProtocol(_) => metrics.upstream_error("protocol"),
+        _ => {}
+    }
     let user_id = entry.as_ref().and_then(|e| e.user_id.clone());
     let user_id = user_id.as_deref().or(match &error {
         ProxyError::Auth(crate::auth::AuthError::UnauthorizedParty { user_id }) => {

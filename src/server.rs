@@ -18,6 +18,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::ServerConfig;
 use crate::forward::ClientConn;
+use crate::metrics::Metrics;
 use crate::router::App;
 
 type Builder = auto::Builder<TokioExecutor>;
@@ -27,6 +28,7 @@ pub async fn run(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     app: Arc<App>,
+    metrics: Arc<Metrics>,
     settings: &ServerConfig,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -64,8 +66,10 @@ pub async fn run(
         let _ = stream.set_nodelay(true);
         let watcher = graceful.watcher();
         let (app, builder, tls) = (app.clone(), builder.clone(), tls.clone());
+        let open = OpenConnection::new(metrics.clone());
+        let metrics = metrics.clone();
         tokio::spawn(async move {
-            let _slot = permit;
+            let _slot = (permit, open);
             match tls {
                 Some(acceptor) => {
                     match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
@@ -74,8 +78,14 @@ pub async fn run(
                             serve_connection(stream, conn, app, &builder, watcher, first_request)
                                 .await;
                         }
-                        Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => debug!(%peer, "TLS handshake timed out"),
+                        Ok(Err(e)) => {
+                            metrics.tls_handshake_failures.inc();
+                            debug!(%peer, error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            metrics.tls_handshake_failures.inc();
+                            debug!(%peer, "TLS handshake timed out");
+                        }
                     }
                 }
                 None => {
@@ -96,6 +106,22 @@ pub async fn run(
     tokio::select! {
         _ = graceful.shutdown() => info!("all connections drained"),
         _ = tokio::time::sleep(grace) => warn!(?grace, "grace period over; closing the remaining connections"),
+    }
+}
+
+/// Counts an open client connection for as long as it lives.
+struct OpenConnection(Arc<Metrics>);
+
+impl OpenConnection {
+    fn new(metrics: Arc<Metrics>) -> Self {
+        metrics.open_connections.inc();
+        Self(metrics)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.open_connections.dec();
     }
 }
 

@@ -73,12 +73,12 @@ impl StreamMinter {
     }
 
     /// A token for `user_id` as of `now`: the cached one while more than the reuse margin of
-    /// its life remains, else a fresh one.
-    pub fn token_for(&self, user_id: &Arc<str>, now: u64) -> Minted {
+    /// its life remains (`reused` is then `true`), else a fresh one.
+    pub fn token_for(&self, user_id: &Arc<str>, now: u64) -> (Minted, bool) {
         if let Some(minted) = self.cache.get(user_id)
             && minted.expires_at > now.saturating_add(self.reuse_margin_secs)
         {
-            return minted;
+            return (minted, true);
         }
         let exp = now + self.ttl_secs;
         let minted = Minted {
@@ -86,7 +86,7 @@ impl StreamMinter {
             expires_at: exp,
         };
         self.cache.insert(user_id.clone(), minted.clone());
-        minted
+        (minted, false)
     }
 
     /// The token for exactly these claims (what `createToken(user_id, exp, iat)` returns).
@@ -149,15 +149,15 @@ mod tests {
     fn tokens_are_reused_until_the_margin_then_reminted() {
         let m = minter(600);
         let user: Arc<str> = Arc::from("u");
-        let first = m.token_for(&user, 1_000_000);
+        let (first, reused) = m.token_for(&user, 1_000_000);
+        assert!(!reused);
         assert_eq!(first.expires_at, 1_000_000 + 3600);
-        let again = m.token_for(&user, 1_000_000 + 2000);
-        assert_eq!(
-            again.token, first.token,
-            "more than the margin left: reused"
-        );
-        let fresh = m.token_for(&user, 1_000_000 + 3000);
-        assert_ne!(fresh.token, first.token, "within the margin: a new token");
+        let (again, reused) = m.token_for(&user, 1_000_000 + 2000);
+        assert!(reused, "more than the margin left: reused");
+        assert_eq!(again.token, first.token);
+        let (fresh, reused) = m.token_for(&user, 1_000_000 + 3000);
+        assert!(!reused, "within the margin: a new token");
+        assert_ne!(fresh.token, first.token);
         assert!(!format!("{fresh:?}").contains(&*fresh.token));
     }
 
@@ -165,9 +165,9 @@ mod tests {
     fn rotation_changes_the_signature_and_drops_the_cache() {
         let m = minter(600);
         let user: Arc<str> = Arc::from("u");
-        let before = m.token_for(&user, 1_000_000);
+        let (before, _) = m.token_for(&user, 1_000_000);
         m.rotate_secret(&Secret::new("new-secret"));
-        let after = m.token_for(&user, 1_000_000);
+        let (after, _) = m.token_for(&user, 1_000_000);
         assert_ne!(before.token, after.token);
     }
 }

@@ -90,6 +90,18 @@ impl CertStore {
     pub fn leaf(&self) -> CertificateDer<'static> {
         self.current.load().cert[0].clone()
     }
+
+    /// `notAfter` of the leaf now served, as unix seconds.
+    pub fn not_after(&self) -> Option<i64> {
+        let leaf = self.leaf();
+        let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+        Some(cert.validity().not_after.timestamp())
+    }
+
+    /// The files this store loads from.
+    pub fn paths(&self) -> (&Path, &Path) {
+        (&self.cert_path, &self.key_path)
+    }
 }
 
 impl ResolvesServerCert for CertStore {

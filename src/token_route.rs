@@ -19,6 +19,7 @@ use crate::body::ProxyBody;
 use crate::config::{AuthConfig, CorsConfig};
 use crate::error::ProxyError;
 use crate::limits::Limits;
+use crate::metrics::Metrics;
 use crate::stream_token::StreamMinter;
 
 /// The route's path. The router also sends every other spelling of it here.
@@ -27,7 +28,8 @@ const ALLOW: &str = "POST, OPTIONS";
 
 pub struct TokenRoute {
     pub verifier: Verifier,
-    pub minter: StreamMinter,
+    pub minter: Arc<StreamMinter>,
+    pub metrics: Arc<Metrics>,
     pub cors: Cors,
     pub limits: Arc<Limits>,
     session_cookie: bool,
@@ -48,13 +50,15 @@ impl TokenRoute {
         auth: &AuthConfig,
         cors: &CorsConfig,
         verifier: Verifier,
-        minter: StreamMinter,
+        minter: Arc<StreamMinter>,
         limits: Arc<Limits>,
         body_limit: usize,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             verifier,
             minter,
+            metrics,
             cors: Cors::new(cors),
             limits,
             session_cookie: auth.session_cookie,
@@ -89,7 +93,12 @@ impl TokenRoute {
         let body = read_json_body(request, self.body_limit).await?;
         check_body_user(body.as_ref(), &session)?;
 
-        let minted = self.minter.token_for(&session.user_id, unix_now());
+        let (minted, reused) = self.minter.token_for(&session.user_id, unix_now());
+        if reused {
+            self.metrics.token_reuses.inc();
+        } else {
+            self.metrics.token_mints.inc();
+        }
         let json = serde_json::to_vec(&TokenResponse {
             token: &minted.token,
             user_id: &session.user_id,

@@ -239,7 +239,8 @@ async fn a_silent_client_is_cut_at_the_header_timeout_and_a_silent_tcp_peer_at_t
 
     // The same after negotiating HTTP/2 and never sending the preface.
     let mut stream = client.connect(&[b"h2"]).await;
-    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut Vec::new())).await;
+    let read =
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut Vec::new())).await;
     assert!(read.is_ok(), "the silent h2 connection was closed");
 
     // Half a request head, then silence (slowloris): closed too.

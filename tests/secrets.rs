@@ -81,6 +81,8 @@ async fn run_and_capture(format: &str) -> (String, Vec<String>) {
             [tls]
             cert = "cert.pem"
             key = "key.pem"
+            [admin]
+            listen = "127.0.0.1:0"
             [upstream]
             url = "{}"
             [auth]

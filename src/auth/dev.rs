@@ -76,8 +76,11 @@ impl DevSigner {
     }
 
     /// The key store that trusts this key (and nothing else).
-    pub fn key_store(&self) -> Result<KeyStore, DevKeyError> {
-        KeyStore::from_pem(self.public_pem.as_bytes()).map_err(|e| DevKeyError::Load {
+    pub fn key_store(
+        &self,
+        metrics: std::sync::Arc<crate::metrics::Metrics>,
+    ) -> Result<KeyStore, DevKeyError> {
+        KeyStore::from_pem(self.public_pem.as_bytes(), metrics).map_err(|e| DevKeyError::Load {
             path: "dev signing key".into(),
             message: e.to_string(),
         })
@@ -174,7 +177,7 @@ mod tests {
             authorized_parties: vec!["http://localhost:8081".into()],
             ..Default::default()
         };
-        let keys = std::sync::Arc::new(signer.key_store().unwrap());
+        let keys = std::sync::Arc::new(signer.key_store(Default::default()).unwrap());
         let verifier = super::super::Verifier::new(&config, keys);
         let session = verifier.verify(&token).await.unwrap();
         assert_eq!(&*session.user_id, "user_123");

@@ -23,6 +23,7 @@ use tracing::{debug, info, warn};
 
 use super::AuthError;
 use crate::config::AuthConfig;
+use crate::metrics::Metrics;
 
 /// A JWKS document larger than this is refused (Clerk's is about 1 KB).
 const MAX_JWKS_BYTES: usize = 1024 * 1024;
@@ -40,6 +41,8 @@ pub struct KeySet {
     by_kid: HashMap<String, Arc<VerifyKey>>,
     /// A static key (PEM) verifies tokens whatever `kid` they name.
     any: Option<Arc<VerifyKey>>,
+    /// When this set was fetched (or loaded).
+    pub loaded_at: Instant,
 }
 
 impl KeySet {
@@ -77,18 +80,11 @@ pub enum KeyError {
     Fetch(String),
 }
 
-/// Outcome counters for JWKS fetches (exported as metrics).
-#[derive(Debug, Default)]
-pub struct FetchStats {
-    pub ok: AtomicU64,
-    pub failed: AtomicU64,
-}
-
 /// The keys in force, and where they come from.
 pub struct KeyStore {
     current: ArcSwapOption<KeySet>,
     jwks: Option<JwksSource>,
-    pub stats: FetchStats,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for KeyStore {
@@ -118,7 +114,7 @@ struct JwksSource {
 
 impl KeyStore {
     /// A fixed key: Clerk's "JWT public key" (PEM, RSA or EC). No network.
-    pub fn from_pem(pem: &[u8]) -> Result<Self, KeyError> {
+    pub fn from_pem(pem: &[u8], metrics: Arc<Metrics>) -> Result<Self, KeyError> {
         let decoding = DecodingKey::from_rsa_pem(pem)
             .or_else(|_| DecodingKey::from_ec_pem(pem))
             .map_err(|_| KeyError::BadPem)?;
@@ -128,16 +124,21 @@ impl KeyStore {
                 decoding,
                 alg: None,
             })),
+            loaded_at: Instant::now(),
         };
         Ok(Self {
             current: ArcSwapOption::from_pointee(set),
             jwks: None,
-            stats: FetchStats::default(),
+            metrics,
         })
     }
 
     /// Keys from a JWKS URL; none until [`KeyStore::run_refresh`] (or a request) fetches them.
-    pub fn from_jwks(url: Uri, config: &AuthConfig) -> Result<Self, KeyError> {
+    pub fn from_jwks(
+        url: Uri,
+        config: &AuthConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, KeyError> {
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_provider_and_webpki_roots(crate::tls::provider())
             .map_err(|e| KeyError::Fetch(e.to_string()))?
@@ -157,7 +158,7 @@ impl KeyStore {
                 last_on_demand_ms: AtomicU64::new(0),
                 epoch: Instant::now(),
             }),
-            stats: FetchStats::default(),
+            metrics,
         })
     }
 
@@ -172,6 +173,16 @@ impl KeyStore {
     /// The key set now in force.
     pub fn current(&self) -> Option<Arc<KeySet>> {
         self.current.load_full()
+    }
+
+    /// Sets the key-set gauges (called when metrics are scraped).
+    pub fn export_gauges(&self) {
+        let current = self.current.load();
+        let (keys, age) = current
+            .as_ref()
+            .map_or((0, 0.0), |s| (s.len(), s.loaded_at.elapsed().as_secs_f64()));
+        self.metrics.jwks_keys.set(keys as i64);
+        self.metrics.jwks_age.set(age);
     }
 
     /// The key for a token's `kid`. An unknown `kid` refetches the JWKS, at most once per
@@ -234,7 +245,7 @@ impl KeyStore {
         let started = Instant::now();
         match source.fetch().await {
             Ok(set) => {
-                self.stats.ok.fetch_add(1, Ordering::Relaxed);
+                self.metrics.jwks_fetch("ok");
                 info!(
                     keys = set.len(),
                     ms = started.elapsed().as_millis() as u64,
@@ -244,7 +255,7 @@ impl KeyStore {
                 Ok(())
             }
             Err(e) => {
-                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                self.metrics.jwks_fetch("error");
                 let keeping = self.current.load().as_ref().map_or(0, |s| s.len());
                 warn!(error = %e, keeping_keys = keeping, "JWKS fetch failed; keeping the last good keys");
                 Err(e)
@@ -345,7 +356,11 @@ pub fn parse_jwks(body: &[u8]) -> Result<KeySet, KeyError> {
             "the JWKS holds no usable signing key".into(),
         ));
     }
-    Ok(KeySet { by_kid, any: None })
+    Ok(KeySet {
+        by_kid,
+        any: None,
+        loaded_at: Instant::now(),
+    })
 }
 
 #[cfg(test)]

@@ -108,6 +108,8 @@ pub fn test_config(dir: &Path, upstream_url: &str) -> Config {
         [tls]
         cert = "cert.pem"
         key = "key.pem"
+        [admin]
+        listen = "127.0.0.1:0"
         [upstream]
         url = "{upstream_url}"
         response_timeout = "5s"

@@ -1,0 +1,255 @@
+//! Prometheus metrics (the `prometheus-client` exporter). Counters on the request path are
+//! resolved once at start, so recording is an atomic add, not a label lookup.
+//!
+//! Labels never carry user ids, tokens, paths or addresses: only the fixed words below.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: &'static str,
+    status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimiterLabel {
+    limiter: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    what: &'static str,
+    outcome: &'static str,
+}
+
+/// Routes we count requests for, in the order of [`Metrics::requests`].
+pub const ROUTES: [&str; 2] = ["token", "forward"];
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+pub struct Metrics {
+    registry: Registry,
+    /// `[route][status class]`.
+    requests: [[Counter; 5]; 2],
+    pub token_mints: Counter,
+    pub token_reuses: Counter,
+    verification_failures: Family<ReasonLabel, Counter>,
+    rate_limited: Family<LimiterLabel, Counter>,
+    jwks_fetches: Family<OutcomeLabel, Counter>,
+    /// Seconds since the key set in force was fetched (set when scraped).
+    pub jwks_age: Gauge<f64, AtomicU64>,
+    pub jwks_keys: Gauge,
+    pub upstream_duration: Histogram,
+    upstream_errors: Family<KindLabel, Counter>,
+    pub open_connections: Gauge,
+    pub tls_handshake_failures: Counter,
+    /// `notAfter` of the served certificate, unix seconds.
+    pub certificate_expiry: Gauge,
+    reloads: Family<ReloadLabels, Counter>,
+    /// Keys held by each rate limiter (set when scraped).
+    limiter_keys: Family<LimiterLabel, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("stream_token_proxy");
+        let request_family = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests answered, by route and status class",
+            request_family.clone(),
+        );
+        let requests = ROUTES.map(|route| {
+            STATUS_CLASSES
+                .map(|status| request_family.get_or_create_owned(&RequestLabels { route, status }))
+        });
+
+        let token_mints = Counter::default();
+        registry.register("token_mints", "Stream tokens signed", token_mints.clone());
+        let token_reuses = Counter::default();
+        registry.register(
+            "token_reuses",
+            "Stream tokens handed out again from the cache",
+            token_reuses.clone(),
+        );
+        let verification_failures = Family::default();
+        registry.register(
+            "verification_failures",
+            "Session tokens refused, by reason",
+            verification_failures.clone(),
+        );
+        let rate_limited = Family::default();
+        registry.register(
+            "rate_limited",
+            "Requests refused by a rate limit",
+            rate_limited.clone(),
+        );
+        let jwks_fetches = Family::default();
+        registry.register(
+            "jwks_fetches",
+            "JWKS fetches, by outcome",
+            jwks_fetches.clone(),
+        );
+        let jwks_age = Gauge::<f64, AtomicU64>::default();
+        registry.register_with_unit(
+            "jwks_age",
+            "Age of the verification key set in force",
+            Unit::Seconds,
+            jwks_age.clone(),
+        );
+        let jwks_keys = Gauge::default();
+        registry.register("jwks_keys", "Verification keys in force", jwks_keys.clone());
+        let upstream_duration = Histogram::new(
+            [
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]
+            .into_iter(),
+        );
+        registry.register_with_unit(
+            "upstream_duration",
+            "Time until the upstream's response headers",
+            Unit::Seconds,
+            upstream_duration.clone(),
+        );
+        let upstream_errors = Family::default();
+        registry.register(
+            "upstream_errors",
+            "Forwarded requests that failed at the upstream, by kind",
+            upstream_errors.clone(),
+        );
+        let open_connections = Gauge::default();
+        registry.register(
+            "open_connections",
+            "Client connections open now",
+            open_connections.clone(),
+        );
+        let tls_handshake_failures = Counter::default();
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed or timed out",
+            tls_handshake_failures.clone(),
+        );
+        let certificate_expiry = Gauge::default();
+        registry.register(
+            "certificate_expiry_timestamp_seconds",
+            "notAfter of the served TLS certificate, as unix time",
+            certificate_expiry.clone(),
+        );
+        let reloads = Family::default();
+        registry.register(
+            "reloads",
+            "Certificate and secret reloads, by what and outcome",
+            reloads.clone(),
+        );
+        let limiter_keys = Family::default();
+        registry.register(
+            "limiter_keys",
+            "Keys held by each rate limiter",
+            limiter_keys.clone(),
+        );
+
+        Self {
+            registry,
+            requests,
+            token_mints,
+            token_reuses,
+            verification_failures,
+            rate_limited,
+            jwks_fetches,
+            jwks_age,
+            jwks_keys,
+            upstream_duration,
+            upstream_errors,
+            open_connections,
+            tls_handshake_failures,
+            certificate_expiry,
+            reloads,
+            limiter_keys,
+        }
+    }
+
+    /// Counts a finished request. `route` is an index into [`ROUTES`].
+    pub fn request(&self, route: usize, status: http::StatusCode) {
+        let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
+        if let Some(row) = self.requests.get(route) {
+            row[class].inc();
+        }
+    }
+
+    pub fn verification_failure(&self, reason: &'static str) {
+        self.verification_failures
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    pub fn rate_limited(&self, limiter: &'static str) {
+        self.rate_limited
+            .get_or_create(&LimiterLabel { limiter })
+            .inc();
+    }
+
+    pub fn jwks_fetch(&self, outcome: &'static str) {
+        self.jwks_fetches
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+    }
+
+    pub fn upstream_error(&self, kind: &'static str) {
+        self.upstream_errors
+            .get_or_create(&KindLabel { kind })
+            .inc();
+    }
+
+    pub fn reload(&self, what: &'static str, outcome: &'static str) {
+        self.reloads
+            .get_or_create(&ReloadLabels { what, outcome })
+            .inc();
+    }
+
+    pub fn limiter_keys(&self, limiter: &'static str, keys: usize) {
+        self.limiter_keys
+            .get_or_create(&LimiterLabel { limiter })
+            .set(i64::try_from(keys).unwrap_or(i64::MAX));
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
