@@ -132,12 +132,9 @@ impl Metrics {
         );
         let jwks_keys = Gauge::default();
         registry.register("jwks_keys", "Verification keys in force", jwks_keys.clone());
-        let upstream_duration = Histogram::new(
-            [
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            ]
-            .into_iter(),
-        );
+        let upstream_duration = Histogram::new([
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ]);
         registry.register_with_unit(
             "upstream_duration",
             "Time until the upstream's response headers",

@@ -20,6 +20,9 @@ impl std::fmt::Debug for Reloader {
     }
 }
 
+/// SHA-256 of a file's contents, `None` when it cannot be read.
+type Fingerprint = Option<[u8; 32]>;
+
 pub struct Reloader {
     certs: Option<Arc<CertStore>>,
     /// The Stream secret file, when the secret came from it (not from `STREAM_API_SECRET`).
@@ -27,7 +30,7 @@ pub struct Reloader {
     minter: Arc<StreamMinter>,
     metrics: Arc<Metrics>,
     /// Fingerprints of what was last looked at: cert + key, secret.
-    seen: Mutex<(Option<[u8; 32]>, Option<[u8; 32]>)>,
+    seen: Mutex<(Fingerprint, Fingerprint)>,
 }
 
 impl Reloader {
@@ -52,14 +55,14 @@ impl Reloader {
         reloader
     }
 
-    fn cert_fingerprint(&self) -> Option<[u8; 32]> {
+    fn cert_fingerprint(&self) -> Fingerprint {
         let (cert, key) = self.certs.as_ref()?.paths();
         let mut both = std::fs::read(cert).ok()?;
         both.extend(std::fs::read(key).ok()?);
         Some(sha256(&both))
     }
 
-    fn secret_fingerprint(&self) -> Option<[u8; 32]> {
+    fn secret_fingerprint(&self) -> Fingerprint {
         fingerprint(self.secret_file.as_deref()?)
     }
 
@@ -116,6 +119,6 @@ impl Reloader {
     }
 }
 
-fn fingerprint(path: &Path) -> Option<[u8; 32]> {
+fn fingerprint(path: &Path) -> Fingerprint {
     std::fs::read(path).ok().map(|bytes| sha256(&bytes))
 }
