@@ -10,7 +10,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::{Registry, Unit};
+use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -124,10 +124,9 @@ impl Metrics {
             jwks_fetches.clone(),
         );
         let jwks_age = Gauge::<f64, AtomicU64>::default();
-        registry.register_with_unit(
-            "jwks_age",
+        registry.register(
+            "jwks_age_seconds",
             "Age of the verification key set in force",
-            Unit::Seconds,
             jwks_age.clone(),
         );
         let jwks_keys = Gauge::default();
@@ -135,10 +134,11 @@ impl Metrics {
         let upstream_duration = Histogram::new([
             0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
         ]);
-        registry.register_with_unit(
-            "upstream_duration",
+        // The unit is in the name rather than registered: some OpenMetrics parsers refuse units
+        // on histograms.
+        registry.register(
+            "upstream_duration_seconds",
             "Time until the upstream's response headers",
-            Unit::Seconds,
             upstream_duration.clone(),
         );
         let upstream_errors = Family::default();
