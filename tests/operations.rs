@@ -409,10 +409,7 @@ async fn request_ids_pass_through_or_are_made() {
         .unwrap()
         .to_string();
     assert!(!made.is_empty());
-    assert_eq!(
-        echoed(&body_json(response).await, "x-request-id"),
-        [made]
-    );
+    assert_eq!(echoed(&body_json(response).await, "x-request-id"), [made]);
 
     let hostile = Request::get("/echo")
         .header("host", "localhost")
