@@ -13,8 +13,11 @@
 //   GET  /_t/slow?ms=N           answers after N ms
 //   GET  /_t/hang                never answers
 //   GET  /_t/trailers            chunked body with an X-Checksum trailer
-//   GET  /_t/stats               {"requests":N} requests seen since start (or the last reset)
-//   POST /_t/reset               sets that counter to 0
+//   GET  /_t/stats               {"requests":N, ...} requests seen since start (or the last reset),
+//                                plus the counters below (never reset)
+//   POST /_t/reset               sets the request counter to 0
+//   POST /_t/drop-next           the next request (any path but /_t/stats) gets its socket
+//                                destroyed without an answer, as a keep-alive race would
 //   GET  /_t/ws (Upgrade)        WebSocket echo (text, binary, ping, close)
 //
 // Listens on 127.0.0.1 and PORT (0 = ephemeral) and prints {"port":N} on stdout when ready.
@@ -25,6 +28,16 @@ const PATTERN = Buffer.alloc(64 * 1024);
 for (let i = 0; i < PATTERN.length; i++) PATTERN[i] = (i * 31 + 7) & 0xff;
 
 let requests = 0;
+// Counters for the tests, reported by /_t/stats.
+const counters = {
+  connections: 0, // TCP connections accepted
+  aborted: 0, // requests whose body never completed (the sender went away mid-body)
+  dropped: 0, // requests destroyed by /_t/drop-next
+  uploads: 0, // /_t/upload requests that arrived
+  slow_inflight: 0, // /_t/slow requests not yet answered or closed
+  hang_closed: 0, // /_t/hang requests whose connection the proxy closed
+};
+let dropNext = false;
 
 function json(res, status, value, extraHeaders = {}) {
   const body = JSON.stringify(value);
@@ -64,15 +77,28 @@ const server = http.createServer((req, res) => {
   requests++;
   const url = new URL(req.url, 'http://upstream.invalid');
   const path = url.pathname;
+  req.on('close', () => {
+    if (!req.complete) counters.aborted++;
+  });
 
+  if (dropNext && path !== '/_t/stats') {
+    dropNext = false;
+    counters.dropped++;
+    return req.socket.destroy();
+  }
+  if (path === '/_t/drop-next') {
+    dropNext = true;
+    return json(res, 200, { armed: true });
+  }
   if (path === '/api/hello') return json(res, 200, { message: 'hello' });
-  if (path === '/_t/stats') return json(res, 200, { requests: requests - 1 });
+  if (path === '/_t/stats') return json(res, 200, { requests: requests - 1, ...counters });
   if (path === '/_t/reset') {
     requests = 0;
     return json(res, 200, { requests: 0 });
   }
   if (path === '/_t/download') return download(res, Number(url.searchParams.get('bytes') || 0));
   if (path === '/_t/upload') {
+    counters.uploads++;
     return readBody(req, (bytes, sha256) => json(res, 200, { bytes, sha256 }));
   }
   if (path === '/_t/cookies') {
@@ -101,11 +127,18 @@ const server = http.createServer((req, res) => {
   }
   if (path === '/_t/slow') {
     const ms = Number(url.searchParams.get('ms') || 1000);
+    counters.slow_inflight++;
     const timer = setTimeout(() => json(res, 200, { slept_ms: ms }), ms);
-    res.on('close', () => clearTimeout(timer));
+    res.on('close', () => {
+      counters.slow_inflight--;
+      clearTimeout(timer);
+    });
     return;
   }
-  if (path === '/_t/hang') return; // never answers
+  if (path === '/_t/hang') {
+    res.on('close', () => counters.hang_closed++);
+    return; // never answers
+  }
   if (path === '/_t/trailers') {
     res.writeHead(200, { 'content-type': 'text/plain', trailer: 'x-checksum' });
     res.write('part one,');
@@ -126,6 +159,8 @@ const server = http.createServer((req, res) => {
     }),
   );
 });
+
+server.on('connection', () => counters.connections++);
 
 // ---------- WebSocket echo (RFC 6455), just enough for the tests ----------
 server.on('upgrade', (req, socket) => {
