@@ -93,6 +93,13 @@ impl Forwarder {
         mut request: Request<Incoming>,
         conn: ClientConn,
     ) -> Result<Forwarded, ProxyError> {
+        // hyper undoes only `chunked`; any other transfer coding would reach the upstream still
+        // applied but no longer announced (Transfer-Encoding is hop-by-hop). RFC 9112 §6.1: 501.
+        if has_foreign_transfer_coding(request.headers()) {
+            return Err(ProxyError::NotImplemented(
+                "a transfer coding other than chunked",
+            ));
+        }
         let upgrade = requested_upgrade(&request);
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();
@@ -192,6 +199,16 @@ fn requested_upgrade<B>(request: &Request<B>) -> Option<HeaderValue> {
     wants
         .then(|| headers.get(header::UPGRADE).cloned())
         .flatten()
+}
+
+/// `true` when `Transfer-Encoding` names a coding other than `chunked` (e.g. `gzip, chunked`).
+fn has_foreign_transfer_coding(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(|coding| coding.trim_ascii())
+        .any(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case(b"chunked"))
 }
 
 /// The comma-separated tokens of every `Connection` header.
@@ -399,6 +416,23 @@ mod tests {
         .unwrap();
         assert_eq!(h["host"], "app.example:3001");
         assert_eq!(h["x-forwarded-for"], "10.0.0.9");
+    }
+
+    #[test]
+    fn only_chunked_transfer_coding_is_forwardable() {
+        let te = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append("transfer-encoding", v.parse().unwrap());
+            }
+            has_foreign_transfer_coding(&h)
+        };
+        assert!(!te(&[]));
+        assert!(!te(&["chunked"]));
+        assert!(!te(&["Chunked"]));
+        assert!(te(&["gzip, chunked"]));
+        assert!(te(&["gzip", "chunked"]));
+        assert!(te(&["x-custom ,chunked"]));
     }
 
     #[test]

@@ -888,6 +888,59 @@ fn test_cert(proxy: &TestProxy) -> std::path::PathBuf {
 // ---------- more edges a hostile client or a slow network brings ----------
 
 #[tokio::test]
+async fn a_transfer_coding_the_proxy_cannot_forward_is_refused_not_garbled() {
+    let upstream = NodeUpstream::start();
+    let proxy = TestProxy::start(&upstream.url(), |_| {}).await;
+    let client = proxy.client();
+    let before = node_stats(upstream.port).await["requests"]
+        .as_u64()
+        .unwrap();
+
+    // hyper removes the chunked framing; a gzip coding under it would reach Node as if the
+    // body were plain, since Transfer-Encoding is hop-by-hop and not forwarded. RFC 9112 §6.1:
+    // a coding the server does not understand is a 501.
+    for coding in ["gzip, chunked", "deflate,chunked", "x-custom , chunked"] {
+        let request = format!(
+            "POST /echo/te HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: {coding}\r\n\
+             Connection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        );
+        let response = RawResponse::parse(&client.raw(request.as_bytes(), STEP).await);
+        assert_eq!(response.status, 501, "{coding}: {}", response.status_line);
+        assert_eq!(response.json()["error"], "not_implemented", "{coding}");
+    }
+    let after = node_stats(upstream.port).await["requests"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(after - before, 1, "none of them reached Node");
+
+    // Plain chunked, and Content-Length smuggled next to it, are fine: hyper drops the
+    // Content-Length, Node sees one chunked body and nothing after it.
+    let response = RawResponse::parse(
+        &client
+            .raw(
+                b"POST /echo/te HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4\r\n\
+                  Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n\
+                  GET /echo/smuggled HTTP/1.1\r\nHost: localhost\r\n\r\n",
+                STEP,
+            )
+            .await,
+    );
+    assert_eq!(response.status, 200, "{}", response.status_line);
+    let echo = response.json();
+    assert_eq!(echo["bodyBytes"], 5);
+    assert!(echoed(&echo, "content-length").is_empty(), "{echo}");
+    assert!(
+        !String::from_utf8_lossy(&response.body).contains("smuggled"),
+        "the request after the body was not served"
+    );
+    let last = node_stats(upstream.port).await["requests"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(last - after, 2, "only the POST reached Node");
+    proxy.stop().await;
+}
+
+#[tokio::test]
 async fn expect_100_continue_gets_its_interim_response_and_the_body_goes_through() {
     let upstream = NodeUpstream::start();
     let proxy = TestProxy::start(&upstream.url(), |_| {}).await;
