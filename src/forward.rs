@@ -6,13 +6,17 @@
 //! calls hop-by-hop is removed, and `X-Forwarded-*` is added.
 
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
-use http_body::Body as _;
+use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
@@ -38,7 +42,7 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+type UpstreamBody = Either<ProgressBody, Empty<Bytes>>;
 
 /// What a forwarded request came back with, for the access log.
 pub struct Forwarded {
@@ -138,7 +142,12 @@ impl Forwarder {
                 other => other?,
             }
         } else {
-            self.send(Request::from_parts(parts, Either::Left(body)))
+            let progress = Progress::new();
+            let body = ProgressBody {
+                inner: body,
+                progress: progress.clone(),
+            };
+            self.send_streaming(Request::from_parts(parts, Either::Left(body)), &progress)
                 .await?
         };
         let upstream_time = started.elapsed();
@@ -165,9 +174,33 @@ impl Forwarder {
     async fn send(&self, request: Request<UpstreamBody>) -> Result<Response<Incoming>, ProxyError> {
         match tokio::time::timeout(self.response_timeout, self.client.request(request)).await {
             Err(_) => Err(ProxyError::UpstreamTimeout(self.response_timeout)),
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(e)) if e.is_connect() => Err(ProxyError::UpstreamConnect(e.into())),
-            Ok(Err(e)) => Err(ProxyError::UpstreamProtocol(e.into())),
+            Ok(result) => upstream_result(result),
+        }
+    }
+
+    /// Like [`send`](Self::send) for a request whose body is still streaming in from the client:
+    /// the upstream cannot be expected to answer before it has the body, so the response timeout
+    /// counts from the later of the request's start and the last body frame forwarded. A slow
+    /// uploader is not cut off; a stalled one (or an upstream that stops reading) still is.
+    async fn send_streaming(
+        &self,
+        request: Request<UpstreamBody>,
+        progress: &Progress,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let mut response = std::pin::pin!(self.client.request(request));
+        let mut deadline = Instant::now() + self.response_timeout;
+        loop {
+            let at = tokio::time::Instant::from_std(deadline);
+            match tokio::time::timeout_at(at, &mut response).await {
+                Ok(result) => return upstream_result(result),
+                Err(_) => {
+                    let extended = progress.last() + self.response_timeout;
+                    if extended <= Instant::now() {
+                        return Err(ProxyError::UpstreamTimeout(self.response_timeout));
+                    }
+                    deadline = extended;
+                }
+            }
         }
     }
 
@@ -186,6 +219,72 @@ impl Forwarder {
             .path_and_query(path_and_query)
             .build()
             .map_err(|e| ProxyError::BadTarget(e.to_string()))
+    }
+}
+
+fn upstream_result(
+    result: Result<Response<Incoming>, hyper_util::client::legacy::Error>,
+) -> Result<Response<Incoming>, ProxyError> {
+    match result {
+        Ok(response) => Ok(response),
+        Err(e) if e.is_connect() => Err(ProxyError::UpstreamConnect(e.into())),
+        Err(e) => Err(ProxyError::UpstreamProtocol(e.into())),
+    }
+}
+
+/// When a streamed request body last moved (a frame or its end was taken from the client).
+#[derive(Clone)]
+struct Progress {
+    origin: Instant,
+    /// Nanoseconds after `origin`.
+    last: Arc<AtomicU64>,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Self {
+            origin: Instant::now(),
+            last: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn touch(&self) {
+        let nanos = u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last.store(nanos, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.origin + Duration::from_nanos(self.last.load(Ordering::Relaxed))
+    }
+}
+
+/// The client's request body on its way upstream, recording [`Progress`].
+struct ProgressBody {
+    inner: Incoming,
+    progress: Progress,
+}
+
+impl Body for ProgressBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(Some(Ok(_)) | None)) {
+            self.progress.touch();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -888,6 +888,70 @@ fn test_cert(proxy: &TestProxy) -> std::path::PathBuf {
 // ---------- more edges a hostile client or a slow network brings ----------
 
 #[tokio::test]
+async fn a_slow_upload_is_not_cut_off_by_the_response_timeout() {
+    let upstream = NodeUpstream::start();
+    let timeout = Duration::from_millis(500);
+    let proxy = TestProxy::start(&upstream.url(), |config| {
+        config.upstream.response_timeout = PositiveDuration(timeout);
+    })
+    .await;
+    let client = proxy.client();
+
+    // A phone on a bad network: the body trickles in for three times the response timeout.
+    // The upstream cannot answer before it has the body, so the clock must not run meanwhile.
+    for version in ["h1", "h2"] {
+        let (tx, body) = ChannelBody::channel(1);
+        let request = match version {
+            "h1" => Request::post("/_t/upload").header("host", "localhost"),
+            _ => Request::post("https://localhost/_t/upload"),
+        }
+        .body(body)
+        .unwrap();
+        let feeder = tokio::spawn(async move {
+            let mut hash = Sha256::new();
+            for i in 0..10u8 {
+                let chunk = Bytes::from(vec![i; 1000]);
+                hash.update(&chunk);
+                if tx.send(Ok(chunk)).await.is_err() {
+                    break; // the proxy gave up on the request; the status says why
+                }
+                tokio::time::sleep(timeout * 3 / 20).await;
+            }
+            hash.hex()
+        });
+        let response = match version {
+            "h1" => client.h1(request).await,
+            _ => client.h2(request).await,
+        };
+        assert_eq!(response.status(), StatusCode::OK, "{version}");
+        let sent = feeder.await.unwrap();
+        let json = body_json(response).await;
+        assert_eq!(json["bytes"], 10_000, "{version}");
+        assert_eq!(json["sha256"], sent, "{version}");
+    }
+
+    // A body that stops moving does not hold the upstream connection forever.
+    let (tx, body) = ChannelBody::channel(1);
+    tx.send(Ok(Bytes::from_static(b"first and last chunk")))
+        .await
+        .unwrap();
+    let request = Request::post("/_t/upload")
+        .header("host", "localhost")
+        .body(body)
+        .unwrap();
+    let started = Instant::now();
+    let response = client.h1(request).await;
+    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert!(started.elapsed() >= timeout - Duration::from_millis(50));
+    drop(tx);
+
+    // The timeout still holds once the body is in: a body-less hang is a 504.
+    let response = client.h1(get("/_t/hang")).await;
+    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+    proxy.stop().await;
+}
+
+#[tokio::test]
 async fn a_transfer_coding_the_proxy_cannot_forward_is_refused_not_garbled() {
     let upstream = NodeUpstream::start();
     let proxy = TestProxy::start(&upstream.url(), |_| {}).await;
