@@ -104,6 +104,7 @@ impl Forwarder {
                 "a transfer coding other than chunked",
             ));
         }
+        check_host(&request).map_err(ProxyError::BadTarget)?;
         let upgrade = requested_upgrade(&request);
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();
@@ -298,6 +299,32 @@ fn requested_upgrade<B>(request: &Request<B>) -> Option<HeaderValue> {
     wants
         .then(|| headers.get(header::UPGRADE).cloned())
         .flatten()
+}
+
+/// RFC 9112 §3.2: exactly one `Host` in an HTTP/1.1 request, at most one otherwise; RFC 9113
+/// §8.3.1: an HTTP/2 `Host` must name the same authority as `:authority`. Anything else would
+/// leave the upstream and `X-Forwarded-Host` to disagree about which host was asked for.
+fn check_host<B>(request: &Request<B>) -> Result<(), String> {
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err("more than one Host header".into());
+    }
+    match (request.version(), host) {
+        (Version::HTTP_11, None) => Err("HTTP/1.1 request without a Host header".into()),
+        (Version::HTTP_2, Some(host)) => match request.uri().authority() {
+            Some(authority)
+                if !authority
+                    .as_str()
+                    .as_bytes()
+                    .eq_ignore_ascii_case(host.as_bytes()) =>
+            {
+                Err("HTTP/2 Host header differs from :authority".into())
+            }
+            _ => Ok(()),
+        },
+        _ => Ok(()),
+    }
 }
 
 /// `true` when `Transfer-Encoding` names a coding other than `chunked` (e.g. `gzip, chunked`).
@@ -515,6 +542,27 @@ mod tests {
         .unwrap();
         assert_eq!(h["host"], "app.example:3001");
         assert_eq!(h["x-forwarded-for"], "10.0.0.9");
+    }
+
+    #[test]
+    fn host_must_be_single_present_in_http11_and_match_h2_authority() {
+        let request = |version: Version, uri: &str, hosts: &[&str]| {
+            let mut r = Request::new(());
+            *r.version_mut() = version;
+            *r.uri_mut() = uri.parse().unwrap();
+            for h in hosts {
+                r.headers_mut().append("host", h.parse().unwrap());
+            }
+            check_host(&r)
+        };
+        assert!(request(Version::HTTP_11, "/", &["a.example"]).is_ok());
+        assert!(request(Version::HTTP_11, "/", &[]).is_err());
+        assert!(request(Version::HTTP_11, "/", &["a.example", "b.example"]).is_err());
+        assert!(request(Version::HTTP_10, "/", &[]).is_ok());
+        assert!(request(Version::HTTP_10, "/", &["a", "a"]).is_err());
+        assert!(request(Version::HTTP_2, "https://a.example/", &[]).is_ok());
+        assert!(request(Version::HTTP_2, "https://a.example/", &["A.example"]).is_ok());
+        assert!(request(Version::HTTP_2, "https://a.example/", &["b.example"]).is_err());
     }
 
     #[test]

@@ -1005,6 +1005,57 @@ async fn a_transfer_coding_the_proxy_cannot_forward_is_refused_not_garbled() {
 }
 
 #[tokio::test]
+async fn an_ambiguous_or_missing_host_is_a_400() {
+    let upstream = NodeUpstream::start();
+    let proxy = TestProxy::start(&upstream.url(), |_| {}).await;
+    let client = proxy.client();
+    let before = node_stats(upstream.port).await["requests"]
+        .as_u64()
+        .unwrap();
+
+    // RFC 9112 §3.2: two Host lines, or none in HTTP/1.1, is a 400 from any server. Passed on,
+    // Node would use one Host and something else in the chain maybe the other.
+    for request in [
+        &b"GET /echo/two-hosts HTTP/1.1\r\nHost: localhost\r\nHost: evil.example\r\nConnection: close\r\n\r\n"[..],
+        &b"GET /echo/no-host HTTP/1.1\r\nConnection: close\r\n\r\n"[..],
+        &b"GET http://localhost/echo/no-host HTTP/1.1\r\nConnection: close\r\n\r\n"[..],
+    ] {
+        let response = RawResponse::parse(&client.raw(request, STEP).await);
+        assert_eq!(
+            response.status,
+            400,
+            "{:?}: {}",
+            String::from_utf8_lossy(request),
+            response.status_line
+        );
+        assert_eq!(response.json()["error"], "bad_request");
+    }
+
+    // RFC 9113 §8.3.1: an HTTP/2 Host naming another authority than :authority.
+    let mut h2 = client.h2_conn().await;
+    let request = Request::get("https://localhost/echo/h2-host")
+        .header("host", "evil.example")
+        .body(empty())
+        .unwrap();
+    let response = send_h2(&mut h2, request).await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(body_json(response).await["error"], "bad_request");
+    let after = node_stats(upstream.port).await["requests"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(after - before, 1, "none of them reached Node");
+
+    // The same Host as :authority is fine (differing only in case).
+    let request = Request::get("https://localhost/echo/h2-host")
+        .header("host", "LocalHost")
+        .body(empty())
+        .unwrap();
+    let response = send_h2(&mut h2, request).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    proxy.stop().await;
+}
+
+#[tokio::test]
 async fn expect_100_continue_gets_its_interim_response_and_the_body_goes_through() {
     let upstream = NodeUpstream::start();
     let proxy = TestProxy::start(&upstream.url(), |_| {}).await;
