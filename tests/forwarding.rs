@@ -1056,6 +1056,48 @@ async fn an_ambiguous_or_missing_host_is_a_400() {
 }
 
 #[tokio::test]
+async fn stop_finishes_requests_in_flight_and_does_not_wait_for_idle_connections() {
+    let upstream = NodeUpstream::start();
+    let mut proxy = TestProxy::start(&upstream.url(), |_| {}).await; // shutdown_grace = 5s
+    let client = proxy.client();
+
+    // Idle keep-alive connections, one of each protocol.
+    let mut idle_h1 = client.h1_conn().await;
+    body_bytes(send_h1(&mut idle_h1, get("/api/hello")).await).await;
+    let mut h2 = client.h2_conn().await;
+    body_bytes(send_h2(&mut h2, h2_get("/api/hello")).await).await;
+
+    // A request in flight on the HTTP/2 connection.
+    let mut sender = h2.clone();
+    let slow = tokio::spawn(async move {
+        let response = send_h2(&mut sender, h2_get("/_t/slow?ms=700")).await;
+        (response.status(), body_json(response).await)
+    });
+    wait_for_stats(upstream.port, "the slow request to reach Node", |s| {
+        s["slow_inflight"] == 1
+    })
+    .await;
+
+    let started = Instant::now();
+    tokio::time::timeout(STEP, proxy.handle.take().unwrap().stop())
+        .await
+        .expect("the drain ends");
+    let drained = started.elapsed();
+    assert!(
+        drained < Duration::from_secs(4),
+        "idle connections held the drain until the grace period: {drained:?}"
+    );
+
+    let (status, json) = slow.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "the request in flight finished");
+    assert_eq!(json["slept_ms"], 700);
+    let refused = TcpStream::connect(proxy.addr).await;
+    assert!(refused.is_err(), "the listener is closed: {refused:?}");
+    let reused = tokio::time::timeout(STEP, idle_h1.ready()).await.unwrap();
+    assert!(reused.is_err(), "the idle h1 connection was closed");
+}
+
+#[tokio::test]
 async fn expect_100_continue_gets_its_interim_response_and_the_body_goes_through() {
     let upstream = NodeUpstream::start();
     let proxy = TestProxy::start(&upstream.url(), |_| {}).await;
