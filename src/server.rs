@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -31,6 +32,7 @@ pub async fn run(
 ) {
     let builder = Arc::new(http_builder(settings));
     let handshake_timeout = settings.tls_handshake_timeout.0;
+    let first_request_timeout = settings.header_read_timeout.0;
     let graceful = GracefulShutdown::new();
 
     loop {
@@ -57,7 +59,15 @@ pub async fn run(
                     match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(stream)) => {
                             let conn = ClientConn { peer, tls: true };
-                            serve_connection(stream, conn, app, &builder, watcher).await;
+                            serve_connection(
+                                stream,
+                                conn,
+                                app,
+                                &builder,
+                                watcher,
+                                first_request_timeout,
+                            )
+                            .await;
                         }
                         Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => debug!(%peer, "TLS handshake timed out"),
@@ -65,7 +75,8 @@ pub async fn run(
                 }
                 None => {
                     let conn = ClientConn { peer, tls: false };
-                    serve_connection(stream, conn, app, &builder, watcher).await;
+                    serve_connection(stream, conn, app, &builder, watcher, first_request_timeout)
+                        .await;
                 }
             }
         });
@@ -95,21 +106,42 @@ fn http_builder(settings: &ServerConfig) -> Builder {
     builder
 }
 
+/// Serves one connection. The first request must arrive within `first_request_timeout`:
+/// hyper's `header_read_timeout` starts only once the auto builder has told HTTP/1 from HTTP/2
+/// by the first bytes, and HTTP/2 has no such timeout, so a client that completes the TLS
+/// handshake and then sends nothing (or one byte) would otherwise hold the connection forever.
 async fn serve_connection<I>(
     io: I,
     conn: ClientConn,
     app: Arc<App>,
     builder: &Builder,
     watcher: Watcher,
+    first_request_timeout: Duration,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = service_fn(move |request| {
-        let app = app.clone();
-        async move { Ok::<_, Infallible>(app.handle(request, conn).await) }
+    let requested = Arc::new(AtomicBool::new(false));
+    let service = service_fn({
+        let requested = requested.clone();
+        move |request| {
+            requested.store(true, Ordering::Relaxed);
+            let app = app.clone();
+            async move { Ok::<_, Infallible>(app.handle(request, conn).await) }
+        }
     });
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    if let Err(e) = watcher.watch(connection).await {
+    let mut connection = std::pin::pin!(watcher.watch(connection));
+    let result = tokio::select! {
+        result = &mut connection => result,
+        _ = tokio::time::sleep(first_request_timeout) => {
+            if !requested.load(Ordering::Relaxed) {
+                debug!(peer = %conn.peer, "no request within the header read timeout; closing");
+                return;
+            }
+            connection.await
+        }
+    };
+    if let Err(e) = result {
         debug!(peer = %conn.peer, error = %e, "connection ended with an error");
     }
 }

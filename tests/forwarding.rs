@@ -1097,6 +1097,84 @@ async fn stop_finishes_requests_in_flight_and_does_not_wait_for_idle_connections
     assert!(reused.is_err(), "the idle h1 connection was closed");
 }
 
+/// Reads until the proxy closes the connection (EOF or error), for at most `cap`; returns how
+/// long that took, `None` if it stayed open.
+async fn time_until_closed(
+    mut stream: impl tokio::io::AsyncRead + Unpin,
+    cap: Duration,
+) -> Option<Duration> {
+    let started = Instant::now();
+    let mut sink = Vec::new();
+    tokio::time::timeout(cap, stream.read_to_end(&mut sink))
+        .await
+        .ok()
+        .map(|_| started.elapsed())
+}
+
+#[tokio::test]
+async fn clients_that_send_nothing_or_too_little_are_cut_off() {
+    let upstream = NodeUpstream::start();
+    let limit = Duration::from_millis(500);
+    let tweak = |config: &mut stream_token_proxy::Config| {
+        config.server.header_read_timeout = PositiveDuration(limit);
+        config.server.tls_handshake_timeout = PositiveDuration(limit);
+    };
+    let proxy = TestProxy::start(&upstream.url(), tweak).await;
+    let plain = TestProxy::start(&upstream.url(), |config| {
+        tweak(config);
+        config.tls.enabled = false;
+    })
+    .await;
+    let client = proxy.client();
+
+    let no_handshake = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut half_a_head = client.connect(&[b"http/1.1"]).await;
+    half_a_head
+        .write_all(b"GET /api/hello HTTP/1.1\r\nHost: localhost\r\n")
+        .await
+        .unwrap();
+    // A TLS handshake and then silence, whatever the ALPN.
+    let silent_h1 = client.connect(&[b"http/1.1"]).await;
+    let silent_h2 = client.connect(&[b"h2"]).await;
+    let silent_no_alpn = client.connect(&[]).await;
+    // Without TLS: silence, and one byte of what could be the HTTP/2 preface.
+    let silent_plain = TcpStream::connect(plain.addr).await.unwrap();
+    let mut one_byte = TcpStream::connect(plain.addr).await.unwrap();
+    one_byte.write_all(b"P").await.unwrap();
+
+    let cap = limit * 8;
+    let (a, b, c, d, e, f, g) = tokio::join!(
+        time_until_closed(no_handshake, cap),
+        time_until_closed(half_a_head, cap),
+        time_until_closed(silent_h1, cap),
+        time_until_closed(silent_h2, cap),
+        time_until_closed(silent_no_alpn, cap),
+        time_until_closed(silent_plain, cap),
+        time_until_closed(one_byte, cap),
+    );
+    for (case, took) in [
+        ("no TLS handshake", a),
+        ("half a request head", b),
+        ("TLS, then nothing (http/1.1)", c),
+        ("TLS, then nothing (h2)", d),
+        ("TLS, then nothing (no ALPN)", e),
+        ("plain, nothing", f),
+        ("plain, one byte", g),
+    ] {
+        let took = took.unwrap_or_else(|| panic!("{case}: still open after {cap:?}"));
+        assert!(
+            took >= limit - Duration::from_millis(50),
+            "{case}: closed after {took:?}, before the limit of {limit:?}"
+        );
+    }
+
+    // A client that does speak in time is served.
+    let response = client.h1(get("/api/hello")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    proxy.stop().await;
+    plain.stop().await;
+}
+
 #[tokio::test]
 async fn expect_100_continue_gets_its_interim_response_and_the_body_goes_through() {
     let upstream = NodeUpstream::start();
