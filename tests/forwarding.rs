@@ -428,6 +428,11 @@ async fn websocket_echo_round_trips_through_the_proxy() {
         .await
         .expect("the tunnel closes after the close handshake");
     assert!(end.is_none(), "nothing after close: {end:?}");
+    drop(ws); // the client closes its TCP connection after the close handshake
+    wait_for_stats(upstream.port, "Node's socket to close", |s| {
+        s["ws_open"] == 0
+    })
+    .await;
 
     // The proxy serves on after the tunnel is gone.
     let hello = proxy.client().h1(get("/api/hello")).await;
@@ -724,6 +729,64 @@ async fn a_client_that_disconnects_mid_upload_aborts_the_upstream_request() {
     assert_eq!(json["sha256"], GeneratedBody::sha256(3 * MIB));
     let stats = node_stats(port).await;
     assert_eq!(stats["aborted"], 2, "{stats}");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_mid_download_or_mid_websocket_frees_the_upstream() {
+    let upstream = NodeUpstream::start();
+    let proxy = TestProxy::start(&upstream.url(), |_| {}).await;
+    let client = proxy.client();
+    let port = upstream.port;
+    let path = format!("/_t/download?bytes={BIG}");
+
+    // HTTP/1.1: read the start of a big download, then close the connection.
+    let mut stream = client.connect(&[b"http/1.1"]).await;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut start = vec![0u8; 256 * 1024];
+    tokio::time::timeout(STEP, stream.read_exact(&mut start))
+        .await
+        .expect("download starts in time")
+        .unwrap();
+    drop(stream);
+    wait_for_stats(port, "Node to see the h1 download cut", |s| {
+        s["downloads_cut"] == 1
+    })
+    .await;
+
+    // HTTP/2: cancel the stream (RST_STREAM); the connection stays.
+    let mut h2 = client.h2_conn().await;
+    let response = send_h2(&mut h2, h2_get(&path)).await;
+    let mut body = response.into_body();
+    let first = tokio::time::timeout(STEP, body.frame()).await.unwrap();
+    assert!(first.is_some_and(|f| f.is_ok()));
+    drop(body);
+    wait_for_stats(port, "Node to see the h2 download cut", |s| {
+        s["downloads_cut"] == 2
+    })
+    .await;
+    let response = send_h2(&mut h2, h2_get("/api/hello")).await;
+    assert_eq!(response.status(), StatusCode::OK, "same h2 connection");
+
+    // WebSocket: the client vanishes without a close frame; the tunnel closes Node's side.
+    let stream = client.connect(&[b"http/1.1"]).await;
+    let (mut ws, _) = tokio::time::timeout(
+        STEP,
+        tokio_tungstenite::client_async("wss://localhost/_t/ws", stream),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    ws.send(Message::text("ping")).await.unwrap();
+    let echo = tokio::time::timeout(STEP, ws.next()).await.unwrap();
+    assert!(matches!(echo, Some(Ok(Message::Text(_)))), "{echo:?}");
+    assert_eq!(node_stats(port).await["ws_open"], 1);
+    drop(ws);
+    wait_for_stats(port, "the tunnel to close Node's socket", |s| {
+        s["ws_open"] == 0
+    })
+    .await;
     proxy.stop().await;
 }
 

@@ -36,6 +36,8 @@ const counters = {
   uploads: 0, // /_t/upload requests that arrived
   slow_inflight: 0, // /_t/slow requests not yet answered or closed
   hang_closed: 0, // /_t/hang requests whose connection the proxy closed
+  downloads_cut: 0, // /_t/download responses whose connection closed before the end
+  ws_open: 0, // WebSocket connections open now
 };
 let dropNext = false;
 
@@ -57,6 +59,9 @@ function readBody(req, done) {
 }
 
 function download(res, total) {
+  res.on('close', () => {
+    if (!res.writableFinished) counters.downloads_cut++;
+  });
   res.writeHead(200, { 'content-type': 'application/octet-stream' });
   let sent = 0;
   const pump = () => {
@@ -175,6 +180,11 @@ server.on('upgrade', (req, socket) => {
     'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' +
       `Sec-WebSocket-Accept: ${accept}\r\n\r\n`,
   );
+  counters.ws_open++;
+  socket.on('close', () => counters.ws_open--);
+  // Like the `ws` package: the peer's FIN ends our side too (the HTTP server's sockets allow
+  // half-open connections, so without this an upgraded socket would outlive its peer).
+  socket.on('end', () => socket.end());
   let buffered = Buffer.alloc(0);
   socket.on('data', (chunk) => {
     buffered = Buffer.concat([buffered, chunk]);
