@@ -120,70 +120,146 @@ fn assert_no_panic(out: &Finished) {
     assert!(!all.contains("stack backtrace"), "{all}");
 }
 
+// ---------- the binary, serving ----------
+
+/// `stream-token-proxy serve` running on a free loopback port in its own temp dir, with its
+/// log (stdout) readable line by line.
+struct Served {
+    child: ChildGuard,
+    addr: SocketAddr,
+    dir: tempfile::TempDir,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+    /// Every log line read so far.
+    log: Vec<String>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Served {
+    /// Starts the binary in front of `upstream_url`; `extra` is appended to the config file.
+    /// Returns once the port accepts connections.
+    async fn start(upstream_url: &str, extra: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let config = write(
+            dir.path(),
+            "proxy.toml",
+            &format!(
+                "dev = true\n[server]\nlisten = \"{addr}\"\nshutdown_grace = \"15s\"\n\
+                 [tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n\
+                 [upstream]\nurl = \"{upstream_url}\"\n{extra}"
+            ),
+        );
+        let mut child = proxy_command(dir.path(), &["--config", &config, "serve"])
+            .spawn()
+            .expect("binary runs");
+        let (lines_tx, lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = lines_tx.send(line);
+            }
+        });
+        let stderr = Some(drain(child.stderr.take().unwrap()));
+        let mut served = Self {
+            child: ChildGuard(child),
+            addr,
+            dir,
+            lines,
+            log: Vec::new(),
+            stderr,
+        };
+        // Ready when the port accepts (bounded; fails fast if the process died).
+        let deadline = Instant::now() + STEP;
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            if let Some(status) = served.child.0.try_wait().unwrap() {
+                served.read_log();
+                panic!(
+                    "the proxy exited ({status}) before listening: {:#?}",
+                    served.log
+                );
+            }
+            assert!(Instant::now() < deadline, "the proxy never listened");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        served
+    }
+
+    fn client(&self) -> TlsClient {
+        TlsClient::new(self.addr, &self.dir.path().join("cert.pem"))
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.0.id().to_string();
+        let kill = Command::new("kill")
+            .args([signal, pid.as_str()])
+            .status()
+            .expect("kill runs");
+        assert!(kill.success());
+    }
+
+    /// Moves the log lines printed so far into `log`.
+    fn read_log(&mut self) {
+        while let Ok(line) = self.lines.try_recv() {
+            self.log.push(line);
+        }
+    }
+
+    /// Waits (bounded) for a log line that satisfies `want`, and returns it.
+    async fn wait_for_line(&mut self, what: &str, want: impl Fn(&str) -> bool) -> String {
+        if let Some(line) = self.log.iter().find(|l| want(l)) {
+            return line.clone();
+        }
+        let deadline = tokio::time::Instant::now() + STEP;
+        loop {
+            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
+                Ok(Some(line)) => {
+                    self.log.push(line.clone());
+                    if want(&line) {
+                        return line;
+                    }
+                }
+                Ok(None) | Err(_) => panic!("no log line {what}: {:#?}", self.log),
+            }
+        }
+    }
+
+    /// Waits (bounded) for the process to exit; returns its status and stderr.
+    async fn exit(mut self) -> (ExitStatus, Vec<String>, String) {
+        let mut child = self.child;
+        let status = tokio::task::spawn_blocking(move || {
+            let status = wait_exit(&mut child, STEP);
+            drop(child);
+            status
+        })
+        .await
+        .unwrap()
+        .expect("the proxy exits in time");
+        let stderr = self.stderr.take().unwrap().join().unwrap();
+        // The stdout thread ends with the process; collect what is left.
+        while let Some(line) = self.lines.recv().await {
+            self.log.push(line);
+        }
+        (status, self.log, stderr)
+    }
+}
+
 // ---------- 13. graceful shutdown ----------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_the_request_in_flight_finish_refuses_new_ones_and_exits_0() {
     let upstream = NodeUpstream::start();
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let config = write(
-        dir.path(),
-        "proxy.toml",
-        &format!(
-            r#"
-            dev = true
-            [server]
-            listen = "{addr}"
-            shutdown_grace = "15s"
-            [tls]
-            cert = "cert.pem"
-            key = "key.pem"
-            [upstream]
-            url = "{}"
-            "#,
-            upstream.url()
-        ),
-    );
-    let mut child = proxy_command(dir.path(), &["--config", &config, "serve"])
-        .spawn()
-        .expect("binary runs");
-    let pid = child.id();
-    // The log (stdout) line by line, to wait on what the proxy says it did.
-    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = lines_tx.send(line);
-        }
-    });
-    let stderr = drain(child.stderr.take().unwrap());
-    let mut child = ChildGuard(child);
+    let mut served = Served::start(&upstream.url(), "").await;
+    let addr = served.addr;
 
-    // Ready when the port accepts.
-    let deadline = Instant::now() + STEP;
-    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-        assert!(
-            child.0.try_wait().unwrap().is_none(),
-            "the proxy exited before listening"
-        );
-        assert!(Instant::now() < deadline, "the proxy never listened");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-
-    let client = TlsClient::new(addr, &dir.path().join("cert.pem"));
-    let slow = tokio::spawn({
-        let client = client.clone();
-        async move {
-            let response = client.h1(get("/_t/slow?ms=1500")).await;
-            let status = response.status();
-            (status, body_json(response).await, Instant::now())
-        }
+    let client = served.client();
+    let slow = tokio::spawn(async move {
+        let response = client.h1(get("/_t/slow?ms=1500")).await;
+        let status = response.status();
+        (status, body_json(response).await, Instant::now())
     });
     wait_for_stats(upstream.port, "the slow request to reach Node", |s| {
         s["slow_inflight"] == 1
@@ -191,26 +267,14 @@ async fn sigterm_lets_the_request_in_flight_finish_refuses_new_ones_and_exits_0(
     .await;
 
     let signalled = Instant::now();
-    let kill = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(kill.success());
+    served.signal("-TERM");
 
     // Once the proxy says it stopped accepting, the listener is closed.
-    let mut seen = Vec::new();
-    let stopped = tokio::time::timeout(STEP, async {
-        while let Some(line) = lines.recv().await {
-            let done = line.contains("stopped accepting");
-            seen.push(line);
-            if done {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    assert_eq!(stopped, Ok(true), "no 'stopped accepting' in {seen:#?}");
+    served
+        .wait_for_line("saying it stopped accepting", |l| {
+            l.contains("stopped accepting")
+        })
+        .await;
     let refused = TcpStream::connect_timeout(&addr, Duration::from_secs(2));
     assert!(
         matches!(&refused, Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused),
@@ -225,24 +289,86 @@ async fn sigterm_lets_the_request_in_flight_finish_refuses_new_ones_and_exits_0(
     assert_eq!(json["slept_ms"], 1500);
     assert!(finished > signalled, "it was still in flight at the signal");
 
-    let exit = tokio::task::spawn_blocking(move || {
-        let status = wait_exit(&mut child, STEP);
-        drop(child);
-        status
-    })
-    .await
-    .unwrap()
-    .expect("the proxy exits after the drain");
-    let stderr = stderr.join().unwrap();
-    while let Ok(line) = lines.try_recv() {
-        seen.push(line);
-    }
-    assert_eq!(exit.code(), Some(0), "log: {seen:#?}\nstderr: {stderr}");
+    let (exit, log, stderr) = served.exit().await;
+    assert_eq!(exit.code(), Some(0), "log: {log:#?}\nstderr: {stderr}");
     assert!(
-        seen.iter().any(|l| l.contains("all connections drained")),
-        "the drain finished before the grace period: {seen:#?}"
+        log.iter().any(|l| l.contains("all connections drained")),
+        "the drain finished before the grace period: {log:#?}"
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+// ---------- the access log ----------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_json_access_log_has_one_line_per_request_and_no_secrets() {
+    let upstream = NodeUpstream::start();
+    let mut served = Served::start(&upstream.url(), "[log]\nformat = \"json\"\n").await;
+    let client = served.client();
+
+    let request = http::Request::get("/echo/logged?token=SECRET-IN-QUERY")
+        .header("host", "localhost")
+        .header("authorization", "Bearer SECRET-IN-AUTHORIZATION")
+        .header("cookie", "session=SECRET-IN-COOKIE")
+        .body(empty())
+        .unwrap();
+    let response = client.h1(request).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = body_bytes(response).await;
+
+    let line = served
+        .wait_for_line("for GET /echo/logged", |l| l.contains("/echo/logged"))
+        .await;
+    let entry: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    assert_eq!(entry["target"], "access", "{entry}");
+    assert_eq!(entry["method"], "GET", "{entry}");
+    assert_eq!(entry["path"], "/echo/logged", "no query string: {entry}");
+    assert_eq!(entry["status"], 200, "{entry}");
+    assert_eq!(entry["bytes"], body.len(), "{entry}");
+    assert_eq!(entry["complete"], true, "{entry}");
+    assert!(entry["upstream_ms"].is_number(), "{entry}");
+    assert!(entry["duration_ms"].is_number(), "{entry}");
+
+    // A proxy-made error is logged with its code.
+    let response = client.h1(get("/_t/status/204")).await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    let raw = client
+        .raw(
+            b"CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\nConnection: close\r\n\r\n",
+            STEP,
+        )
+        .await;
+    assert!(raw.starts_with(b"HTTP/1.1 501 "));
+    let line = served
+        .wait_for_line("for the CONNECT", |l| l.contains("\"CONNECT\""))
+        .await;
+    let entry: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(entry["status"], 501, "{entry}");
+    assert_eq!(entry["error"], "not_implemented", "{entry}");
+
+    served.signal("-TERM");
+    let (exit, log, _) = served.exit().await;
+    assert_eq!(exit.code(), Some(0));
+    let all = log.join("\n");
+    for secret in [
+        "SECRET-IN-QUERY",
+        "SECRET-IN-AUTHORIZATION",
+        "SECRET-IN-COOKIE",
+    ] {
+        assert!(!all.contains(secret), "{secret} was logged: {all}");
+    }
+    for line in &log {
+        let parsed: Result<serde_json::Value, _> = serde_json::from_str(line);
+        assert!(parsed.is_ok(), "a log line that is not JSON: {line}");
+    }
+    assert_eq!(
+        log.iter()
+            .filter(|l| l.contains("\"target\":\"access\""))
+            .count(),
+        3,
+        "one access line per request: {log:#?}"
+    );
 }
 
 // ---------- 14. configuration errors ----------
