@@ -790,6 +790,67 @@ async fn a_client_that_leaves_mid_download_or_mid_websocket_frees_the_upstream()
     proxy.stop().await;
 }
 
+#[tokio::test]
+async fn an_upstream_dying_mid_response_is_an_error_for_the_client_not_a_short_body() {
+    let upstream = NodeUpstream::start();
+    let proxy = TestProxy::start(&upstream.url(), |_| {}).await;
+    let client = proxy.client();
+
+    // Announced length or chunked, HTTP/1.1 or HTTP/2: the client must be able to tell that
+    // the body is cut (no terminating chunk, too few bytes, a stream reset), never receive a
+    // short body that ends cleanly.
+    for path in ["/_t/truncate?length=5000", "/_t/truncate"] {
+        for version in ["h1", "h2"] {
+            let response = match version {
+                "h1" => client.h1(get(path)).await,
+                _ => client.h2(h2_get(path)).await,
+            };
+            assert_eq!(response.status(), StatusCode::OK, "{version} {path}");
+            let read = tokio::time::timeout(STEP, response.into_body().collect())
+                .await
+                .expect("body ends in time");
+            assert!(
+                read.is_err(),
+                "{version} {path}: a cut body ended cleanly with {} bytes",
+                read.unwrap().to_bytes().len()
+            );
+        }
+    }
+    let response = client.h1(get("/api/hello")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_requests_on_one_h2_connection_are_forwarded_in_parallel() {
+    let upstream = NodeUpstream::start();
+    let proxy = TestProxy::start(&upstream.url(), |_| {}).await;
+    let h2 = proxy.client().h2_conn().await;
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..48)
+        .map(|i| {
+            let mut h2 = h2.clone();
+            tokio::spawn(async move {
+                let path = format!("/_t/slow?ms={}", 300 + i);
+                let response = send_h2(&mut h2, h2_get(&path)).await;
+                (
+                    response.status(),
+                    body_json(response).await["slept_ms"].clone(),
+                )
+            })
+        })
+        .collect();
+    for (i, task) in tasks.into_iter().enumerate() {
+        let (status, slept) = task.await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(slept, 300 + i as u64, "each stream got its own answer");
+    }
+    let took = started.elapsed();
+    // One at a time would take 48 × 0.3 s; side by side, about 0.35 s.
+    assert!(took < Duration::from_secs(5), "not in parallel: {took:?}");
+    proxy.stop().await;
+}
+
 // ---------- 11. odd request targets ----------
 
 #[tokio::test]

@@ -13,6 +13,8 @@
 //   GET  /_t/slow?ms=N           answers after N ms
 //   GET  /_t/hang                never answers
 //   GET  /_t/trailers            chunked body with an X-Checksum trailer
+//   GET  /_t/truncate[?length=N] 1000 bytes of a body (announced as N bytes, or chunked), then
+//                                the socket is destroyed: an upstream dying mid-response
 //   GET  /_t/stats               {"requests":N, ...} requests seen since start (or the last reset),
 //                                plus the counters below (never reset)
 //   POST /_t/reset               sets the request counter to 0
@@ -143,6 +145,11 @@ const server = http.createServer((req, res) => {
   if (path === '/_t/hang') {
     res.on('close', () => counters.hang_closed++);
     return; // never answers
+  }
+  if (path === '/_t/truncate') {
+    const length = url.searchParams.get('length');
+    res.writeHead(200, length ? { 'content-length': length } : {});
+    return res.write(PATTERN.subarray(0, 1000), () => req.socket.destroy());
   }
   if (path === '/_t/trailers') {
     res.writeHead(200, { 'content-type': 'text/plain', trailer: 'x-checksum' });
