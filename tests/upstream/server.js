@@ -33,6 +33,7 @@ let requests = 0;
 // Counters for the tests, reported by /_t/stats.
 const counters = {
   connections: 0, // TCP connections accepted
+  open_connections: 0, // TCP connections not yet closed (including the one asking)
   aborted: 0, // requests whose body never completed (the sender went away mid-body)
   dropped: 0, // requests destroyed by /_t/drop-next
   uploads: 0, // /_t/upload requests that arrived
@@ -172,7 +173,11 @@ const server = http.createServer((req, res) => {
   );
 });
 
-server.on('connection', () => counters.connections++);
+server.on('connection', (socket) => {
+  counters.connections++;
+  counters.open_connections++;
+  socket.on('close', () => counters.open_connections--);
+});
 
 // ---------- WebSocket echo (RFC 6455), just enough for the tests ----------
 server.on('upgrade', (req, socket) => {
