@@ -1221,17 +1221,16 @@ async fn stop_finishes_requests_in_flight_and_does_not_wait_for_idle_connections
 }
 
 /// Reads until the proxy closes the connection (EOF or error), for at most `cap`; returns how
-/// long that took, `None` if it stayed open.
+/// long after `since` (when the connection was set up) that was, `None` if it stayed open.
 async fn time_until_closed(
-    mut stream: impl tokio::io::AsyncRead + Unpin,
+    (mut stream, since): (impl tokio::io::AsyncRead + Unpin, Instant),
     cap: Duration,
 ) -> Option<Duration> {
-    let started = Instant::now();
     let mut sink = Vec::new();
     tokio::time::timeout(cap, stream.read_to_end(&mut sink))
         .await
         .ok()
-        .map(|_| started.elapsed())
+        .map(|_| since.elapsed())
 }
 
 #[tokio::test]
@@ -1250,20 +1249,30 @@ async fn clients_that_send_nothing_or_too_little_are_cut_off() {
     .await;
     let client = proxy.client();
 
-    let no_handshake = TcpStream::connect(proxy.addr).await.unwrap();
+    let no_handshake = (
+        TcpStream::connect(proxy.addr).await.unwrap(),
+        Instant::now(),
+    );
     let mut half_a_head = client.connect(&[b"http/1.1"]).await;
+    let since = Instant::now();
     half_a_head
         .write_all(b"GET /api/hello HTTP/1.1\r\nHost: localhost\r\n")
         .await
         .unwrap();
+    let half_a_head = (half_a_head, since);
     // A TLS handshake and then silence, whatever the ALPN.
-    let silent_h1 = client.connect(&[b"http/1.1"]).await;
-    let silent_h2 = client.connect(&[b"h2"]).await;
-    let silent_no_alpn = client.connect(&[]).await;
+    let silent_h1 = (client.connect(&[b"http/1.1"]).await, Instant::now());
+    let silent_h2 = (client.connect(&[b"h2"]).await, Instant::now());
+    let silent_no_alpn = (client.connect(&[]).await, Instant::now());
     // Without TLS: silence, and one byte of what could be the HTTP/2 preface.
-    let silent_plain = TcpStream::connect(plain.addr).await.unwrap();
+    let silent_plain = (
+        TcpStream::connect(plain.addr).await.unwrap(),
+        Instant::now(),
+    );
     let mut one_byte = TcpStream::connect(plain.addr).await.unwrap();
+    let since = Instant::now();
     one_byte.write_all(b"P").await.unwrap();
+    let one_byte = (one_byte, since);
 
     let cap = limit * 8;
     let (a, b, c, d, e, f, g) = tokio::join!(
