@@ -6,13 +6,17 @@
 //! calls hop-by-hop is removed, and `X-Forwarded-*` is added.
 
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
-use http_body::Body as _;
+use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
@@ -38,7 +42,7 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+type UpstreamBody = Either<ProgressBody, Empty<Bytes>>;
 
 /// What a forwarded request came back with, for the access log.
 pub struct Forwarded {
@@ -93,6 +97,14 @@ impl Forwarder {
         mut request: Request<Incoming>,
         conn: ClientConn,
     ) -> Result<Forwarded, ProxyError> {
+        // hyper undoes only `chunked`; any other transfer coding would reach the upstream still
+        // applied but no longer announced (Transfer-Encoding is hop-by-hop). RFC 9112 §6.1: 501.
+        if has_foreign_transfer_coding(request.headers()) {
+            return Err(ProxyError::NotImplemented(
+                "a transfer coding other than chunked",
+            ));
+        }
+        check_host(&request).map_err(ProxyError::BadTarget)?;
         let upgrade = requested_upgrade(&request);
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();
@@ -131,7 +143,12 @@ impl Forwarder {
                 other => other?,
             }
         } else {
-            self.send(Request::from_parts(parts, Either::Left(body)))
+            let progress = Progress::new();
+            let body = ProgressBody {
+                inner: body,
+                progress: progress.clone(),
+            };
+            self.send_streaming(Request::from_parts(parts, Either::Left(body)), &progress)
                 .await?
         };
         let upstream_time = started.elapsed();
@@ -158,9 +175,33 @@ impl Forwarder {
     async fn send(&self, request: Request<UpstreamBody>) -> Result<Response<Incoming>, ProxyError> {
         match tokio::time::timeout(self.response_timeout, self.client.request(request)).await {
             Err(_) => Err(ProxyError::UpstreamTimeout(self.response_timeout)),
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(e)) if e.is_connect() => Err(ProxyError::UpstreamConnect(e.into())),
-            Ok(Err(e)) => Err(ProxyError::UpstreamProtocol(e.into())),
+            Ok(result) => upstream_result(result),
+        }
+    }
+
+    /// Like [`send`](Self::send) for a request whose body is still streaming in from the client:
+    /// the upstream cannot be expected to answer before it has the body, so the response timeout
+    /// counts from the later of the request's start and the last body frame forwarded. A slow
+    /// uploader is not cut off; a stalled one (or an upstream that stops reading) still is.
+    async fn send_streaming(
+        &self,
+        request: Request<UpstreamBody>,
+        progress: &Progress,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let mut response = std::pin::pin!(self.client.request(request));
+        let mut deadline = Instant::now() + self.response_timeout;
+        loop {
+            let at = tokio::time::Instant::from_std(deadline);
+            match tokio::time::timeout_at(at, &mut response).await {
+                Ok(result) => return upstream_result(result),
+                Err(_) => {
+                    let extended = progress.last() + self.response_timeout;
+                    if extended <= Instant::now() {
+                        return Err(ProxyError::UpstreamTimeout(self.response_timeout));
+                    }
+                    deadline = extended;
+                }
+            }
         }
     }
 
@@ -182,6 +223,72 @@ impl Forwarder {
     }
 }
 
+fn upstream_result(
+    result: Result<Response<Incoming>, hyper_util::client::legacy::Error>,
+) -> Result<Response<Incoming>, ProxyError> {
+    match result {
+        Ok(response) => Ok(response),
+        Err(e) if e.is_connect() => Err(ProxyError::UpstreamConnect(e.into())),
+        Err(e) => Err(ProxyError::UpstreamProtocol(e.into())),
+    }
+}
+
+/// When a streamed request body last moved (a frame or its end was taken from the client).
+#[derive(Clone)]
+struct Progress {
+    origin: Instant,
+    /// Nanoseconds after `origin`.
+    last: Arc<AtomicU64>,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Self {
+            origin: Instant::now(),
+            last: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn touch(&self) {
+        let nanos = u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last.store(nanos, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.origin + Duration::from_nanos(self.last.load(Ordering::Relaxed))
+    }
+}
+
+/// The client's request body on its way upstream, recording [`Progress`].
+struct ProgressBody {
+    inner: Incoming,
+    progress: Progress,
+}
+
+impl Body for ProgressBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(Some(Ok(_)) | None)) {
+            self.progress.touch();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// The `Upgrade` value of an HTTP/1.1 upgrade request (`Connection: upgrade` + `Upgrade`).
 fn requested_upgrade<B>(request: &Request<B>) -> Option<HeaderValue> {
     if request.version() != Version::HTTP_11 {
@@ -192,6 +299,42 @@ fn requested_upgrade<B>(request: &Request<B>) -> Option<HeaderValue> {
     wants
         .then(|| headers.get(header::UPGRADE).cloned())
         .flatten()
+}
+
+/// RFC 9112 §3.2: exactly one `Host` in an HTTP/1.1 request, at most one otherwise; RFC 9113
+/// §8.3.1: an HTTP/2 `Host` must name the same authority as `:authority`. Anything else would
+/// leave the upstream and `X-Forwarded-Host` to disagree about which host was asked for.
+fn check_host<B>(request: &Request<B>) -> Result<(), String> {
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err("more than one Host header".into());
+    }
+    match (request.version(), host) {
+        (Version::HTTP_11, None) => Err("HTTP/1.1 request without a Host header".into()),
+        (Version::HTTP_2, Some(host)) => match request.uri().authority() {
+            Some(authority)
+                if !authority
+                    .as_str()
+                    .as_bytes()
+                    .eq_ignore_ascii_case(host.as_bytes()) =>
+            {
+                Err("HTTP/2 Host header differs from :authority".into())
+            }
+            _ => Ok(()),
+        },
+        _ => Ok(()),
+    }
+}
+
+/// `true` when `Transfer-Encoding` names a coding other than `chunked` (e.g. `gzip, chunked`).
+fn has_foreign_transfer_coding(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(|coding| coding.trim_ascii())
+        .any(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case(b"chunked"))
 }
 
 /// The comma-separated tokens of every `Connection` header.
@@ -399,6 +542,44 @@ mod tests {
         .unwrap();
         assert_eq!(h["host"], "app.example:3001");
         assert_eq!(h["x-forwarded-for"], "10.0.0.9");
+    }
+
+    #[test]
+    fn host_must_be_single_present_in_http11_and_match_h2_authority() {
+        let request = |version: Version, uri: &str, hosts: &[&str]| {
+            let mut r = Request::new(());
+            *r.version_mut() = version;
+            *r.uri_mut() = uri.parse().unwrap();
+            for h in hosts {
+                r.headers_mut().append("host", h.parse().unwrap());
+            }
+            check_host(&r)
+        };
+        assert!(request(Version::HTTP_11, "/", &["a.example"]).is_ok());
+        assert!(request(Version::HTTP_11, "/", &[]).is_err());
+        assert!(request(Version::HTTP_11, "/", &["a.example", "b.example"]).is_err());
+        assert!(request(Version::HTTP_10, "/", &[]).is_ok());
+        assert!(request(Version::HTTP_10, "/", &["a", "a"]).is_err());
+        assert!(request(Version::HTTP_2, "https://a.example/", &[]).is_ok());
+        assert!(request(Version::HTTP_2, "https://a.example/", &["A.example"]).is_ok());
+        assert!(request(Version::HTTP_2, "https://a.example/", &["b.example"]).is_err());
+    }
+
+    #[test]
+    fn only_chunked_transfer_coding_is_forwardable() {
+        let te = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append("transfer-encoding", v.parse().unwrap());
+            }
+            has_foreign_transfer_coding(&h)
+        };
+        assert!(!te(&[]));
+        assert!(!te(&["chunked"]));
+        assert!(!te(&["Chunked"]));
+        assert!(te(&["gzip, chunked"]));
+        assert!(te(&["gzip", "chunked"]));
+        assert!(te(&["x-custom ,chunked"]));
     }
 
     #[test]

@@ -303,7 +303,7 @@ async fn an_oversized_token_body_gets_413_without_the_proxy_reading_it() {
 async fn over_the_connection_cap_admitted_clients_are_still_answered() {
     let s = setup(|c| c.server.max_connections = 2).await;
     let client = s.proxy.client();
-    let (a, b) = (client.h2_sender().await, client.h2_sender().await);
+    let (a, b) = (client.h2_conn().await, client.h2_conn().await);
     // A third connection is not admitted while both slots are taken: its TLS handshake waits.
     let waiting = tokio::spawn({
         let client = client.clone();

@@ -562,7 +562,7 @@ async fn a_thousand_random_kids_cause_at_most_a_handful_of_fetches() {
     let before = f.jwks.hits();
     let stranger = ClerkKey::generate("x");
     let client = f.proxy.client();
-    let sender = client.h2_sender().await;
+    let sender = client.h2_conn().await;
     let mut tasks = Vec::new();
     for i in 0..1000 {
         let mut sender = sender.clone();

@@ -309,15 +309,339 @@ pub fn echoed(echo: &serde_json::Value, name: &str) -> Vec<String> {
         .collect()
 }
 
+// ---------- Helpers for the forwarding and CLI tests ----------
+
+/// SHA-256 through aws-lc (the proxy's own crypto provider): fast even in debug builds, where
+/// a pure-Rust hash would spend seconds on a 64 MiB body.
+pub struct Sha256(Box<dyn rustls::crypto::hash::Context>);
+
+impl Default for Sha256 {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Sha256 {
+    pub fn new() -> Self {
+        let provider = rustls::crypto::aws_lc_rs::default_provider();
+        let hash = provider
+            .cipher_suites
+            .iter()
+            .find_map(|suite| match suite {
+                rustls::SupportedCipherSuite::Tls13(s)
+                    if s.common.hash_provider.algorithm()
+                        == rustls::crypto::hash::HashAlgorithm::SHA256 =>
+                {
+                    Some(s.common.hash_provider)
+                }
+                _ => None,
+            })
+            .expect("aws-lc provides SHA-256");
+        Self(hash.start())
+    }
+
+    pub fn update(&mut self, data: &[u8]) {
+        self.0.update(data);
+    }
+
+    pub fn hex(self) -> String {
+        self.0
+            .finish()
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+/// The body `/_t/download?bytes=n` sends: server.js's 64 KiB pattern, repeated, cut at `n`.
+pub fn download_sha256(n: u64) -> String {
+    let pattern: Vec<u8> = (0..64 * 1024u32)
+        .map(|i| (i.wrapping_mul(31).wrapping_add(7) & 0xff) as u8)
+        .collect();
+    let mut hash = Sha256::new();
+    let mut left = n;
+    while left > 0 {
+        let take = left.min(pattern.len() as u64) as usize;
+        hash.update(&pattern[..take]);
+        left -= take as u64;
+    }
+    hash.hex()
+}
+
+/// A request body of `total` bytes made on the fly in chunks of varying size and content (so
+/// a dropped, repeated or reordered chunk changes the hash), with no size hint: HTTP/1.1 sends
+/// it chunked, HTTP/2 without `content-length`. Only one 1 MiB buffer is ever allocated.
+pub struct GeneratedBody {
+    base: Bytes,
+    total: u64,
+    sent: u64,
+    index: usize,
+}
+
+impl GeneratedBody {
+    pub fn new(total: u64) -> Self {
+        let mut state: u32 = 0x1234_5678;
+        let base: Vec<u8> = (0..1 << 20)
+            .map(|_| {
+                // xorshift32: cheap bytes that do not repeat with any short period
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                state as u8
+            })
+            .collect();
+        Self {
+            base: Bytes::from(base),
+            total,
+            sent: 0,
+            index: 0,
+        }
+    }
+
+    /// The chunks this body yields, in order (the test hashes them to know the expected sum).
+    pub fn next_chunk(&mut self) -> Option<Bytes> {
+        if self.sent >= self.total {
+            return None;
+        }
+        let i = self.index;
+        self.index += 1;
+        let len = 16 * 1024 + (i * 4099) % (48 * 1024);
+        let len = len.min((self.total - self.sent) as usize);
+        let offset = (i * 7919) % (self.base.len() - 64 * 1024);
+        self.sent += len as u64;
+        Some(self.base.slice(offset..offset + len))
+    }
+
+    /// The SHA-256 of the whole body, computed by generating it once more.
+    pub fn sha256(total: u64) -> String {
+        let mut body = Self::new(total);
+        let mut hash = Sha256::new();
+        while let Some(chunk) = body.next_chunk() {
+            hash.update(&chunk);
+        }
+        hash.hex()
+    }
+
+    pub fn into_body(self) -> TestBody {
+        BodyExt::boxed(self)
+    }
+}
+
+impl hyper::body::Body for GeneratedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        std::task::Poll::Ready(self.next_chunk().map(|c| Ok(hyper::body::Frame::data(c))))
+    }
+}
+
+/// A request body fed by the test through a channel; sending `Err` aborts the body (HTTP/2:
+/// the client resets the stream), dropping the sender ends it cleanly.
+pub struct ChannelBody(pub tokio::sync::mpsc::Receiver<Result<Bytes, BoxError>>);
+
+impl ChannelBody {
+    pub fn channel(
+        capacity: usize,
+    ) -> (tokio::sync::mpsc::Sender<Result<Bytes, BoxError>>, TestBody) {
+        let (tx, rx) = tokio::sync::mpsc::channel(capacity);
+        (tx, BodyExt::boxed(Self(rx)))
+    }
+}
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|item| item.map(|r| r.map(hyper::body::Frame::data)))
+    }
+}
+
+/// Reads a body frame by frame, bounded by [`STEP`] per frame: (bytes, sha256, trailers).
+pub async fn hash_body(response: Response<Incoming>) -> (u64, String, Option<http::HeaderMap>) {
+    let mut body = response.into_body();
+    let mut hash = Sha256::new();
+    let mut bytes = 0u64;
+    let mut trailers = None;
+    while let Some(frame) = tokio::time::timeout(STEP, body.frame())
+        .await
+        .expect("body frame in time")
+    {
+        let frame = frame.expect("body frame reads");
+        match frame.into_data() {
+            Ok(data) => {
+                bytes += data.len() as u64;
+                hash.update(&data);
+            }
+            Err(frame) => trailers = frame.into_trailers().ok(),
+        }
+    }
+    (bytes, hash.hex(), trailers)
+}
+
 impl TlsClient {
-    /// One HTTP/2 connection to send many requests over (clone the sender per task).
-    pub async fn h2_sender(&self) -> hyper::client::conn::http2::SendRequest<TestBody> {
+    /// A kept-open HTTP/1.1 connection for several requests in a row.
+    pub async fn h1_conn(&self) -> hyper::client::conn::http1::SendRequest<TestBody> {
+        let io = TokioIo::new(self.connect(&[b"http/1.1"]).await);
+        let (send, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .expect("h1 handshake");
+        tokio::spawn(conn.with_upgrades());
+        send
+    }
+
+    /// A kept-open HTTP/2 connection for several requests.
+    pub async fn h2_conn(&self) -> hyper::client::conn::http2::SendRequest<TestBody> {
         let stream = self.connect(&[b"h2"]).await;
+        assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
         let (send, conn) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
                 .await
                 .expect("h2 handshake");
         tokio::spawn(conn);
         send
+    }
+}
+
+/// Sends on an open HTTP/1.1 connection, bounded by [`STEP`].
+pub async fn send_h1(
+    send: &mut hyper::client::conn::http1::SendRequest<TestBody>,
+    request: Request<TestBody>,
+) -> Response<Incoming> {
+    tokio::time::timeout(STEP, async {
+        send.ready().await?;
+        send.send_request(request).await
+    })
+    .await
+    .expect("h1 response in time")
+    .expect("h1 response")
+}
+
+/// Sends on an open HTTP/2 connection, bounded by [`STEP`].
+pub async fn send_h2(
+    send: &mut hyper::client::conn::http2::SendRequest<TestBody>,
+    request: Request<TestBody>,
+) -> Response<Incoming> {
+    tokio::time::timeout(STEP, async {
+        send.ready().await?;
+        send.send_request(request).await
+    })
+    .await
+    .expect("h2 response in time")
+    .expect("h2 response")
+}
+
+/// `method path` straight to the Node upstream (not through the proxy), over plain HTTP/1.1;
+/// returns the JSON answer.
+pub async fn node_call(port: u16, method: &str, path: &str) -> serde_json::Value {
+    let tcp = tokio::time::timeout(STEP, TcpStream::connect(("127.0.0.1", port)))
+        .await
+        .expect("connect to node in time")
+        .expect("connect to node");
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .expect("h1 handshake with node");
+    tokio::spawn(conn);
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "localhost")
+        .body(empty())
+        .unwrap();
+    let response = tokio::time::timeout(STEP, send.send_request(request))
+        .await
+        .expect("node answers in time")
+        .expect("node answers");
+    body_json(response).await
+}
+
+/// The Node upstream's `/_t/stats`, asked directly.
+pub async fn node_stats(port: u16) -> serde_json::Value {
+    node_call(port, "GET", "/_t/stats").await
+}
+
+/// Polls the Node upstream's `/_t/stats` until `done` holds, for at most [`STEP`].
+pub async fn wait_for_stats(
+    port: u16,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        let stats = node_stats(port).await;
+        if done(&stats) {
+            return stats;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gave up waiting for {what}; stats: {stats}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One HTTP/1.x response parsed from raw bytes: status line, headers (lower-case names, in
+/// order) and the body after the head (as much of it as was read).
+pub struct RawResponse {
+    pub status_line: String,
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    /// Parses the first response in `bytes`; panics with the bytes shown when there is none.
+    pub fn parse(bytes: &[u8]) -> Self {
+        let text = String::from_utf8_lossy(bytes);
+        let end = bytes
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or_else(|| panic!("no complete response head in {text:?}"));
+        let head = String::from_utf8_lossy(&bytes[..end]).into_owned();
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().unwrap_or_default().to_string();
+        let status = status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("bad status line in {text:?}"));
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        Self {
+            status_line,
+            status,
+            headers,
+            body: bytes[end + 4..].to_vec(),
+        }
+    }
+
+    pub fn header(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "{}: body is not JSON ({e}): {:?}",
+                self.status_line,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
     }
 }

@@ -13,8 +13,13 @@
 //   GET  /_t/slow?ms=N           answers after N ms
 //   GET  /_t/hang                never answers
 //   GET  /_t/trailers            chunked body with an X-Checksum trailer
-//   GET  /_t/stats               {"requests":N} requests seen since start (or the last reset)
-//   POST /_t/reset               sets that counter to 0
+//   GET  /_t/truncate[?length=N] 1000 bytes of a body (announced as N bytes, or chunked), then
+//                                the socket is destroyed: an upstream dying mid-response
+//   GET  /_t/stats               {"requests":N, ...} requests seen since start (or the last reset),
+//                                plus the counters below (never reset)
+//   POST /_t/reset               sets the request counter to 0
+//   POST /_t/drop-next           the next request (any path but /_t/stats) gets its socket
+//                                destroyed without an answer, as a keep-alive race would
 //   GET  /_t/ws (Upgrade)        WebSocket echo (text, binary, ping, close)
 //
 // Listens on 127.0.0.1 and PORT (0 = ephemeral) and prints {"port":N} on stdout when ready.
@@ -25,6 +30,19 @@ const PATTERN = Buffer.alloc(64 * 1024);
 for (let i = 0; i < PATTERN.length; i++) PATTERN[i] = (i * 31 + 7) & 0xff;
 
 let requests = 0;
+// Counters for the tests, reported by /_t/stats.
+const counters = {
+  connections: 0, // TCP connections accepted
+  open_connections: 0, // TCP connections not yet closed (including the one asking)
+  aborted: 0, // requests whose body never completed (the sender went away mid-body)
+  dropped: 0, // requests destroyed by /_t/drop-next
+  uploads: 0, // /_t/upload requests that arrived
+  slow_inflight: 0, // /_t/slow requests not yet answered or closed
+  hang_closed: 0, // /_t/hang requests whose connection the proxy closed
+  downloads_cut: 0, // /_t/download responses whose connection closed before the end
+  ws_open: 0, // WebSocket connections open now
+};
+let dropNext = false;
 
 function json(res, status, value, extraHeaders = {}) {
   const body = JSON.stringify(value);
@@ -44,6 +62,9 @@ function readBody(req, done) {
 }
 
 function download(res, total) {
+  res.on('close', () => {
+    if (!res.writableFinished) counters.downloads_cut++;
+  });
   res.writeHead(200, { 'content-type': 'application/octet-stream' });
   let sent = 0;
   const pump = () => {
@@ -64,15 +85,28 @@ const server = http.createServer((req, res) => {
   requests++;
   const url = new URL(req.url, 'http://upstream.invalid');
   const path = url.pathname;
+  req.on('close', () => {
+    if (!req.complete) counters.aborted++;
+  });
 
+  if (dropNext && path !== '/_t/stats') {
+    dropNext = false;
+    counters.dropped++;
+    return req.socket.destroy();
+  }
+  if (path === '/_t/drop-next') {
+    dropNext = true;
+    return json(res, 200, { armed: true });
+  }
   if (path === '/api/hello') return json(res, 200, { message: 'hello' });
-  if (path === '/_t/stats') return json(res, 200, { requests: requests - 1 });
+  if (path === '/_t/stats') return json(res, 200, { requests: requests - 1, ...counters });
   if (path === '/_t/reset') {
     requests = 0;
     return json(res, 200, { requests: 0 });
   }
   if (path === '/_t/download') return download(res, Number(url.searchParams.get('bytes') || 0));
   if (path === '/_t/upload') {
+    counters.uploads++;
     return readBody(req, (bytes, sha256) => json(res, 200, { bytes, sha256 }));
   }
   if (path === '/_t/cookies') {
@@ -101,11 +135,23 @@ const server = http.createServer((req, res) => {
   }
   if (path === '/_t/slow') {
     const ms = Number(url.searchParams.get('ms') || 1000);
+    counters.slow_inflight++;
     const timer = setTimeout(() => json(res, 200, { slept_ms: ms }), ms);
-    res.on('close', () => clearTimeout(timer));
+    res.on('close', () => {
+      counters.slow_inflight--;
+      clearTimeout(timer);
+    });
     return;
   }
-  if (path === '/_t/hang') return; // never answers
+  if (path === '/_t/hang') {
+    res.on('close', () => counters.hang_closed++);
+    return; // never answers
+  }
+  if (path === '/_t/truncate') {
+    const length = url.searchParams.get('length');
+    res.writeHead(200, length ? { 'content-length': length } : {});
+    return res.write(PATTERN.subarray(0, 1000), () => req.socket.destroy());
+  }
   if (path === '/_t/trailers') {
     res.writeHead(200, { 'content-type': 'text/plain', trailer: 'x-checksum' });
     res.write('part one,');
@@ -127,6 +173,12 @@ const server = http.createServer((req, res) => {
   );
 });
 
+server.on('connection', (socket) => {
+  counters.connections++;
+  counters.open_connections++;
+  socket.on('close', () => counters.open_connections--);
+});
+
 // ---------- WebSocket echo (RFC 6455), just enough for the tests ----------
 server.on('upgrade', (req, socket) => {
   requests++;
@@ -140,6 +192,11 @@ server.on('upgrade', (req, socket) => {
     'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' +
       `Sec-WebSocket-Accept: ${accept}\r\n\r\n`,
   );
+  counters.ws_open++;
+  socket.on('close', () => counters.ws_open--);
+  // Like the `ws` package: the peer's FIN ends our side too (the HTTP server's sockets allow
+  // half-open connections, so without this an upgraded socket would outlive its peer).
+  socket.on('end', () => socket.end());
   let buffered = Buffer.alloc(0);
   socket.on('data', (chunk) => {
     buffered = Buffer.concat([buffered, chunk]);
