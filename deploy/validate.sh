@@ -31,7 +31,7 @@ deploy/.venv/bin/kubernetes-validate --strict -k "$K8S_VERSION" "$rendered"
 echo "== proxy.toml (check-config)"
 cargo build -q --release
 STREAM_API_SECRET=placeholder-for-validation ./target/release/stream-token-proxy \
-  --config deploy/kubernetes/proxy.toml check-config
+  --config deploy/kubernetes/proxy.toml check-config --no-tls-files
 
 echo "== docker build"
 if command -v docker >/dev/null && docker info >/dev/null 2>&1; then

@@ -117,7 +117,7 @@ impl ProxyError {
             Self::UpstreamProtocol(_) => "The backend server closed the connection unexpectedly.",
             Self::BadTarget(_) => "The request target cannot be forwarded.",
             Self::MethodNotAllowed(..) => "This method is not allowed here.",
-            Self::NotImplemented(_) => "This proxy does not support that method.",
+            Self::NotImplemented(_) => "This proxy does not support that feature of the request.",
             Self::Auth(e) => auth_message(e),
             Self::UserMismatch { .. } => {
                 "userId in the body does not match the signed-in user; omit it or send your own."

@@ -290,15 +290,21 @@ impl Body for ProgressBody {
 }
 
 /// The `Upgrade` value of an HTTP/1.1 upgrade request (`Connection: upgrade` + `Upgrade`).
+///
+/// Only `websocket` is tunnelled. Any other protocol (`h2c`, `TLS/1.0`, ...) is dropped with the
+/// other hop-by-hop headers and the request is forwarded as a plain request: a backend that
+/// speaks such a protocol would otherwise be reachable past the proxy's request parsing.
 fn requested_upgrade<B>(request: &Request<B>) -> Option<HeaderValue> {
     if request.version() != Version::HTTP_11 {
         return None;
     }
     let headers = request.headers();
     let wants = connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"));
-    wants
-        .then(|| headers.get(header::UPGRADE).cloned())
-        .flatten()
+    let protocol = headers.get(header::UPGRADE).filter(|_| wants)?;
+    protocol
+        .as_bytes()
+        .eq_ignore_ascii_case(b"websocket")
+        .then(|| protocol.clone())
 }
 
 /// RFC 9112 §3.2: exactly one `Host` in an HTTP/1.1 request, at most one otherwise; RFC 9113
@@ -580,6 +586,23 @@ mod tests {
         assert!(te(&["gzip, chunked"]));
         assert!(te(&["gzip", "chunked"]));
         assert!(te(&["x-custom ,chunked"]));
+    }
+
+    #[test]
+    fn only_websocket_upgrades_are_tunnelled() {
+        for protocol in ["h2c", "TLS/1.0", "websocket, h2c", "foo"] {
+            let mut r = Request::new(());
+            r.headers_mut()
+                .insert("connection", "Upgrade".parse().unwrap());
+            r.headers_mut().insert("upgrade", protocol.parse().unwrap());
+            assert!(requested_upgrade(&r).is_none(), "{protocol}");
+        }
+        let mut r = Request::new(());
+        r.headers_mut()
+            .insert("connection", "Upgrade".parse().unwrap());
+        r.headers_mut()
+            .insert("upgrade", "WebSocket".parse().unwrap());
+        assert_eq!(requested_upgrade(&r).unwrap(), "WebSocket");
     }
 
     #[test]

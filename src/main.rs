@@ -25,8 +25,13 @@ struct Cli {
 enum Command {
     /// Run the proxy (the default when no subcommand is given).
     Serve,
-    /// Validate the configuration (file and environment overrides), print a summary, exit.
-    CheckConfig,
+    /// Validate the configuration (file and environment overrides) and, outside the dev
+    /// profile, load the TLS certificate and key; print a summary, exit (0 if valid, 2 if not).
+    CheckConfig {
+        /// Do not load the TLS files (for CI, where the mounted certificate does not exist).
+        #[arg(long)]
+        no_tls_files: bool,
+    },
     /// Print a Clerk-shaped session token signed with the dev key (dev configs only), for
     /// trying the token route without a Clerk account.
     DevToken {
@@ -62,7 +67,15 @@ fn main() -> ExitCode {
         }
     };
     match cli.command.unwrap_or(Command::Serve) {
-        Command::CheckConfig => {
+        Command::CheckConfig { no_tls_files } => {
+            // A deployment's certificate must load now, not at the first rollout.
+            if config.tls.enabled && !config.dev && !no_tls_files {
+                let (cert, key) = stream_token_proxy::tls_paths(&config);
+                if let Err(e) = stream_token_proxy::tls::CertStore::load(&cert, &key) {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            }
             println!(
                 "configuration OK: listen {} ({}), upstream {}, keys from {}{}",
                 config.server.listen,
@@ -104,7 +117,11 @@ fn key_source(config: &Config) -> String {
 fn init_logging(config: &Config) {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(config.log.level.as_str()));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colour only for a person at a terminal; log pipelines get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi);
     match config.log.format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),

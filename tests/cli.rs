@@ -405,7 +405,21 @@ fn check_config_accepts_a_good_file() {
         ),
     );
     prod_secret(dir.path());
+    // The certificate (certs/tls.crt by default) does not exist: check-config says so...
     let out = run(dir.path(), &["--config", &config, "check-config"], STEP);
+    assert_eq!(out.status.code(), Some(2), "{}", out.all());
+    assert!(
+        out.stderr.contains("cannot read the TLS certificate"),
+        "{}",
+        out.all()
+    );
+    assert!(out.stderr.contains("tls.crt"), "{}", out.all());
+    // ...unless told to leave the TLS files alone (CI validating a ConfigMap).
+    let out = run(
+        dir.path(),
+        &["--config", &config, "check-config", "--no-tls-files"],
+        STEP,
+    );
     assert!(out.status.success(), "{}", out.all());
     assert!(
         out.stdout
