@@ -318,6 +318,10 @@ pub struct StreamConfig {
     pub token_reuse_margin: Duration,
     /// Minted tokens remembered for reuse.
     pub token_cache_size: usize,
+    /// `iat` is set this far in the past (Stream refuses tokens "used before issue at" when its
+    /// clock is behind ours). At most 5 minutes.
+    #[serde(deserialize_with = "any_duration")]
+    pub iat_backdate: Duration,
     /// The secret, from `STREAM_API_SECRET` or `api_secret_file` (never from TOML).
     #[serde(skip)]
     pub api_secret: Option<Secret>,
@@ -334,6 +338,7 @@ impl Default for StreamConfig {
             token_ttl: PositiveDuration::secs(3600),
             token_reuse_margin: Duration::from_secs(600),
             token_cache_size: 10_000,
+            iat_backdate: Duration::from_secs(5),
             api_secret: None,
             api_secret_from_env: false,
         }
@@ -348,6 +353,7 @@ impl fmt::Debug for StreamConfig {
             .field("token_ttl", &self.token_ttl)
             .field("token_reuse_margin", &self.token_reuse_margin)
             .field("token_cache_size", &self.token_cache_size)
+            .field("iat_backdate", &self.iat_backdate)
             .field("api_secret", &self.api_secret)
             .field("api_secret_from_env", &self.api_secret_from_env)
             .finish()
@@ -861,6 +867,9 @@ impl Config {
         let stream = &self.stream;
         if stream.token_ttl.0 > Duration::from_secs(30 * 24 * 3600) {
             return err("stream.token_ttl is over 30 days; keep Stream tokens short-lived".into());
+        }
+        if stream.iat_backdate > Duration::from_secs(300) {
+            return err("stream.iat_backdate is over 5m".into());
         }
         if stream.token_reuse_margin >= stream.token_ttl.0 {
             return err("stream.token_reuse_margin must be shorter than stream.token_ttl".into());

@@ -371,7 +371,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Turns the client's headers into the upstream's: hop-by-hop removed, `Host` kept (from
 /// `:authority` for HTTP/2 clients), `X-Forwarded-*` set, upgrade headers put back.
-fn prepare_request_headers(
+pub fn prepare_request_headers(
     headers: &mut HeaderMap,
     client_uri: &Uri,
     client_version: Version,

@@ -17,9 +17,6 @@ use crate::config::{Secret, StreamConfig};
 
 /// base64url of `{"alg":"HS256","typ":"JWT"}`.
 const HEADER_B64: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9";
-/// `iat` is set this far in the past: Stream rejects tokens "used before issue at" when its
-/// clock is behind ours.
-pub const IAT_BACKDATE_SECS: u64 = 5;
 
 /// A minted token and when it expires.
 #[derive(Clone)]
@@ -42,6 +39,8 @@ pub struct StreamMinter {
     pub api_key: Arc<str>,
     ttl_secs: u64,
     reuse_margin_secs: u64,
+    /// `iat` = now − this (Stream refuses an `iat` ahead of its clock).
+    iat_backdate_secs: u64,
     /// user id → the last token minted for it.
     cache: quick_cache::sync::Cache<Arc<str>, Minted>,
 }
@@ -62,6 +61,7 @@ impl StreamMinter {
             api_key: Arc::from(config.api_key.as_str()),
             ttl_secs: config.token_ttl.as_secs(),
             reuse_margin_secs: config.token_reuse_margin.as_secs(),
+            iat_backdate_secs: config.iat_backdate.as_secs(),
             cache: quick_cache::sync::Cache::new(config.token_cache_size.max(1)),
         }
     }
@@ -82,7 +82,7 @@ impl StreamMinter {
         }
         let exp = now + self.ttl_secs;
         let minted = Minted {
-            token: Arc::from(self.sign(user_id, exp, now.saturating_sub(IAT_BACKDATE_SECS))),
+            token: Arc::from(self.sign(user_id, exp, now.saturating_sub(self.iat_backdate_secs))),
             expires_at: exp,
         };
         self.cache.insert(user_id.clone(), minted.clone());

@@ -198,7 +198,16 @@ impl Verifier {
             self.cache.remove(&digest);
             return Err(AuthError::Expired);
         }
+        let session = self.verify_fresh(token, now).await?;
+        self.cache.insert(digest, session.clone());
+        Ok(session)
+    }
 
+    /// Verifies `token` as of `now` from scratch: signature and claims, no cache.
+    pub async fn verify_fresh(&self, token: &str, now: u64) -> Result<Session, AuthError> {
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(AuthError::Malformed("the token is too long"));
+        }
         let mut parts = token.splitn(3, '.');
         let (Some(header_b64), Some(payload_b64), Some(signature_b64)) =
             (parts.next(), parts.next(), parts.next())
@@ -222,9 +231,7 @@ impl Verifier {
 
         // The signature holds: from here on the claims are the issuer's words.
         let claims: Claims = decode_part(payload_b64, "the claims are not base64url JSON")?;
-        let session = self.check_claims(claims, now)?;
-        self.cache.insert(digest, session.clone());
-        Ok(session)
+        self.check_claims(claims, now)
     }
 
     fn accepted_algorithm(&self, alg: &str) -> Result<Algorithm, AuthError> {
