@@ -114,6 +114,19 @@ pub struct ServerConfig {
     pub http2_max_concurrent_streams: u32,
     /// How often the certificate, key and secret files are checked for changes (also: SIGHUP).
     pub reload_interval: PositiveDuration,
+    /// Worker threads, each a single-threaded event loop with its own listening socket and
+    /// upstream pool (like nginx's worker processes). 0 = one per CPU core.
+    pub workers: usize,
+}
+
+impl ServerConfig {
+    /// `workers`, with 0 resolved to the number of CPU cores.
+    pub fn worker_count(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -127,6 +140,7 @@ impl Default for ServerConfig {
             max_header_bytes: 16 * 1024,
             http2_max_concurrent_streams: 128,
             reload_interval: PositiveDuration::secs(10),
+            workers: 0,
         }
     }
 }

@@ -191,10 +191,10 @@ pub async fn start(mut config: Config) -> Result<ProxyHandle, StartError> {
     );
 
     let addr = config.server.listen;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
+    let workers = config.server.worker_count();
+    let listeners = server::bind_listeners(addr, workers)
         .map_err(|source| StartError::Bind { addr, source })?;
-    let local_addr = listener
+    let local_addr = listeners[0]
         .local_addr()
         .map_err(|source| StartError::Bind { addr, source })?;
     let admin_listener = if config.admin.enabled {
@@ -208,13 +208,6 @@ pub async fn start(mut config: Config) -> Result<ProxyHandle, StartError> {
     };
     let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
 
-    let app = Arc::new(App {
-        forwarder: Forwarder::new(&config.upstream, &config.forwarding),
-        token,
-        limits: limits.clone(),
-        metrics: metrics.clone(),
-        request_ids: RequestIds::default(),
-    });
     let admin = Arc::new(AdminState {
         metrics: metrics.clone(),
         keys: keys.clone(),
@@ -237,24 +230,44 @@ pub async fn start(mut config: Config) -> Result<ProxyHandle, StartError> {
     ));
     let (shutdown, shutdown_rx) = watch::channel(false);
     let scheme = if acceptor.is_some() { "https" } else { "http" };
-    info!(listen = %local_addr, admin = ?admin_addr, upstream = %config.upstream.url, "serving {scheme}");
+    info!(listen = %local_addr, admin = ?admin_addr, upstream = %config.upstream.url, workers, "serving {scheme}");
     let background = [
         tokio::spawn(keys.clone().run_refresh()),
-        tokio::spawn(limits.run_maintenance()),
+        tokio::spawn(limits.clone().run_maintenance()),
         tokio::spawn(reloader.clone().watch(config.server.reload_interval.0)),
     ];
     let admin_task = admin_listener.map(|l| tokio::spawn(admin::run(l, admin.clone())));
-    let server_settings = config.server.clone();
-    let task = tokio::spawn(async move {
-        server::run(
+    let token = Arc::new(token);
+    let request_ids = Arc::new(RequestIds::default());
+    let slots = Arc::new(tokio::sync::Semaphore::new(config.server.max_connections));
+    let mut finished = Vec::with_capacity(workers);
+    for (index, listener) in listeners.into_iter().enumerate() {
+        let app = Arc::new(App {
+            forwarder: Forwarder::new(&config.upstream, &config.forwarding),
+            token: token.clone(),
+            limits: limits.clone(),
+            metrics: metrics.clone(),
+            request_ids: request_ids.clone(),
+        });
+        let worker = Worker {
             listener,
-            acceptor,
+            acceptor: acceptor.clone(),
             app,
-            metrics,
-            &server_settings,
-            shutdown_rx,
-        )
-        .await;
+            metrics: metrics.clone(),
+            settings: config.server.clone(),
+            shutdown: shutdown_rx.clone(),
+            slots: slots.clone(),
+        };
+        finished.push(
+            worker
+                .spawn(index)
+                .map_err(|source| StartError::Bind { addr, source })?,
+        );
+    }
+    let task = tokio::spawn(async move {
+        for done in finished {
+            let _ = done.await;
+        }
         for task in background.iter().chain(admin_task.as_ref()) {
             task.abort();
         }
@@ -269,6 +282,61 @@ pub async fn start(mut config: Config) -> Result<ProxyHandle, StartError> {
         shutdown,
         task,
     })
+}
+
+/// One worker thread: a single-threaded runtime serving one `SO_REUSEPORT` listener.
+struct Worker {
+    listener: std::net::TcpListener,
+    acceptor: Option<TlsAcceptor>,
+    app: Arc<App>,
+    metrics: Arc<Metrics>,
+    settings: config::ServerConfig,
+    shutdown: watch::Receiver<bool>,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl Worker {
+    /// Starts the thread; the receiver completes when it has drained and stopped.
+    fn spawn(self, index: usize) -> std::io::Result<tokio::sync::oneshot::Receiver<()>> {
+        let (done, finished) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("stp-worker-{index}"))
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        tracing::error!(error = %e, "worker {index}: cannot start its runtime");
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    match tokio::net::TcpListener::from_std(self.listener) {
+                        Ok(listener) => {
+                            server::run(
+                                listener,
+                                self.acceptor,
+                                self.app,
+                                self.metrics,
+                                &self.settings,
+                                self.shutdown,
+                                self.slots,
+                            )
+                            .await
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "worker {index}: cannot use its listener")
+                        }
+                    }
+                });
+                // Connections still open after the grace period are dropped with the runtime.
+                runtime.shutdown_background();
+                let _ = done.send(());
+            })?;
+        Ok(finished)
+    }
 }
 
 /// Where a config's certificate and key are, resolved.

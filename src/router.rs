@@ -20,12 +20,14 @@ use crate::metrics::Metrics;
 use crate::token_route::{TokenRoute, is_token_path};
 
 /// Everything a request may need, shared by all connections.
+/// One per worker thread: the upstream pool is the worker's own (no cross-thread hand-offs on
+/// the forwarding path); everything else is shared.
 pub struct App {
     pub forwarder: Forwarder,
-    pub token: TokenRoute,
+    pub token: Arc<TokenRoute>,
     pub limits: Arc<Limits>,
     pub metrics: Arc<Metrics>,
-    pub request_ids: RequestIds,
+    pub request_ids: Arc<RequestIds>,
 }
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");

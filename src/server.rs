@@ -2,6 +2,7 @@
 //! the graceful drain on shutdown. Routing decisions are the router's.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -10,6 +11,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
@@ -24,6 +26,7 @@ use crate::router::App;
 type Builder = auto::Builder<TokioExecutor>;
 
 /// Serves `listener` until `shutdown` flips to `true`, then drains for `server.shutdown_grace`.
+/// One worker's accept loop. `slots` is shared by all workers: one permit per open connection.
 pub async fn run(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
@@ -31,14 +34,14 @@ pub async fn run(
     metrics: Arc<Metrics>,
     settings: &ServerConfig,
     mut shutdown: watch::Receiver<bool>,
+    slots: Arc<Semaphore>,
 ) {
     let builder = Arc::new(http_builder(settings));
     let handshake_timeout = settings.tls_handshake_timeout.0;
     let first_request = settings.header_read_timeout.0;
     let graceful = GracefulShutdown::new();
-    // One permit per open connection: at the cap we stop accepting, and new clients wait in the
-    // kernel's listen backlog instead of taking the proxy down.
-    let slots = Arc::new(Semaphore::new(settings.max_connections));
+    // At the connection cap we stop accepting, and new clients wait in the kernel's listen
+    // backlog instead of taking the proxy down.
 
     loop {
         let permit = tokio::select! {
@@ -187,4 +190,27 @@ async fn serve_connection<I>(
     if let Err(e) = result {
         debug!(peer = %conn.peer, error = %e, "connection ended with an error");
     }
+}
+
+/// Binds `count` listening sockets on `addr` with `SO_REUSEPORT`, one per worker, so the kernel
+/// spreads new connections across the workers. A plain bind first makes sure the port is not in
+/// use already (with `SO_REUSEPORT` alone, a second proxy on the port would silently share it).
+pub fn bind_listeners(
+    addr: SocketAddr,
+    count: usize,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let probe = std::net::TcpListener::bind(addr)?;
+    let addr = probe.local_addr()?; // port 0: the port every worker will share
+    drop(probe);
+    (0..count.max(1))
+        .map(|_| {
+            let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+            socket.set_reuse_address(true)?;
+            socket.set_reuse_port(true)?;
+            socket.set_nonblocking(true)?;
+            socket.bind(&addr.into())?;
+            socket.listen(1024)?;
+            Ok(socket.into())
+        })
+        .collect()
 }
