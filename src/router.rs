@@ -99,7 +99,7 @@ impl App {
         if let Some(e) = entry.as_mut() {
             e.request_id = Some(request_id.clone());
         }
-        let route = if is_token_path(request.uri().path()) {
+        let route = if is_token_route(request.uri().path()) {
             0
         } else {
             1
@@ -161,6 +161,17 @@ impl App {
     }
 }
 
+/// Whether `path` goes to the token route: every spelling [`is_token_path`] knows, also with a
+/// `;` parameter after it (`/api/stream/token;x`). Some Node routers cut the path at the first
+/// `;` (find-my-way, Fastify's router, with `useSemicolonDelimiter`), so such a path could still
+/// reach the old unauthenticated handler behind the proxy.
+fn is_token_route(path: &str) -> bool {
+    is_token_path(path)
+        || path
+            .split_once(';')
+            .is_some_and(|(before, _)| is_token_path(before))
+}
+
 /// The response for a handler's result; errors are logged here with their reason.
 fn respond(
     result: Result<Response<ProxyBody>, ProxyError>,
@@ -197,4 +208,31 @@ fn respond(
         e.error = Some(error.code());
     }
     error.to_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_semicolon_parameter_does_not_hide_the_token_route() {
+        for path in [
+            "/api/stream/token",
+            "/api/stream/token;x",
+            "/api/stream/token;jsessionid=1;y",
+            "/API/Stream/Token/;x",
+            "/api/stream/%74oken;",
+        ] {
+            assert!(is_token_route(path), "{path}");
+        }
+        // Cut at the first `;`, these are other paths to any router.
+        for path in [
+            "/api/stream;x/token",
+            "/api;/stream/token",
+            "/api/stream/tokens;x",
+            ";/api/stream/token",
+        ] {
+            assert!(!is_token_route(path), "{path}");
+        }
+    }
 }
