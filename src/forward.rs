@@ -104,6 +104,14 @@ impl Forwarder {
                 "a transfer coding other than chunked",
             ));
         }
+        // RFC 9112 §6.1: chunked is applied at most once. hyper undoes one layer; the second
+        // would reach the upstream as body bytes, and what follows the first last-chunk would
+        // be read as the client's next request.
+        if chunked_count(request.headers()) > 1 {
+            return Err(ProxyError::BadRequest(
+                "the chunked transfer coding is applied more than once",
+            ));
+        }
         check_host(&request).map_err(ProxyError::BadTarget)?;
         let upgrade = requested_upgrade(&request);
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
@@ -341,6 +349,16 @@ fn has_foreign_transfer_coding(headers: &HeaderMap) -> bool {
         .flat_map(|v| v.as_bytes().split(|&b| b == b','))
         .map(|coding| coding.trim_ascii())
         .any(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case(b"chunked"))
+}
+
+/// How many times `Transfer-Encoding` (all its lines) names `chunked`.
+fn chunked_count(headers: &HeaderMap) -> usize {
+    headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .filter(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+        .count()
 }
 
 /// The comma-separated tokens of every `Connection` header.
@@ -586,6 +604,22 @@ mod tests {
         assert!(te(&["gzip, chunked"]));
         assert!(te(&["gzip", "chunked"]));
         assert!(te(&["x-custom ,chunked"]));
+    }
+
+    #[test]
+    fn chunked_is_counted_across_values_and_lines() {
+        let count = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append("transfer-encoding", v.parse().unwrap());
+            }
+            chunked_count(&h)
+        };
+        assert_eq!(count(&[]), 0);
+        assert_eq!(count(&["chunked"]), 1);
+        assert_eq!(count(&["Chunked , chunked"]), 2);
+        assert_eq!(count(&["chunked", "CHUNKED"]), 2);
+        assert_eq!(count(&["gzip, chunked"]), 1);
     }
 
     #[test]

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use http::header::{HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use tracing::{info, warn};
 
@@ -134,6 +135,11 @@ impl App {
                 metrics,
             )
         } else {
+            // A refused HTTP/1 request may leave body bytes unread, framed in a way the proxy
+            // just refused (a transfer coding it cannot undo, a broken chunk): they must never
+            // be read as the client's next request, so the connection closes after the answer.
+            let close_if_refused =
+                request.version() < Version::HTTP_2 && !request.body().is_end_stream();
             let result = self
                 .forwarder
                 .forward(request, conn)
@@ -147,7 +153,14 @@ impl App {
                     }
                     forwarded.response.map(ProxyBody::upstream)
                 });
-            respond(result, &mut entry, conn, metrics)
+            let refused = result.is_err();
+            let mut response = respond(result, &mut entry, conn, metrics);
+            if refused && close_if_refused {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            response
         };
 
         metrics.request(route, response.status());
