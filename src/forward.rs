@@ -8,7 +8,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -201,6 +201,13 @@ impl Forwarder {
         loop {
             let at = tokio::time::Instant::from_std(deadline);
             match tokio::time::timeout_at(at, &mut response).await {
+                // The client's body broke (bad chunked framing, the client went away): the
+                // upstream request was cut short for the client's fault, not the upstream's.
+                Ok(Err(_)) if progress.client_failed() => {
+                    return Err(ProxyError::BadRequest(
+                        "the request body is malformed or was cut off",
+                    ));
+                }
                 Ok(result) => return upstream_result(result),
                 Err(_) => {
                     let extended = progress.last() + self.response_timeout;
@@ -241,12 +248,14 @@ fn upstream_result(
     }
 }
 
-/// When a streamed request body last moved (a frame or its end was taken from the client).
+/// When a streamed request body last moved (a frame or its end was taken from the client), and
+/// whether reading it from the client failed.
 #[derive(Clone)]
 struct Progress {
     origin: Instant,
     /// Nanoseconds after `origin`.
     last: Arc<AtomicU64>,
+    client_failed: Arc<AtomicBool>,
 }
 
 impl Progress {
@@ -254,7 +263,12 @@ impl Progress {
         Self {
             origin: Instant::now(),
             last: Arc::new(AtomicU64::new(0)),
+            client_failed: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    fn client_failed(&self) -> bool {
+        self.client_failed.load(Ordering::Relaxed)
     }
 
     fn touch(&self) {
@@ -282,8 +296,10 @@ impl Body for ProgressBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if matches!(polled, Poll::Ready(Some(Ok(_)) | None)) {
-            self.progress.touch();
+        match &polled {
+            Poll::Ready(Some(Ok(_)) | None) => self.progress.touch(),
+            Poll::Ready(Some(Err(_))) => self.progress.client_failed.store(true, Ordering::Relaxed),
+            Poll::Pending => {}
         }
         polled
     }
