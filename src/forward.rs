@@ -8,7 +8,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -107,6 +107,14 @@ impl Forwarder {
                 "a transfer coding other than chunked",
             ));
         }
+        // RFC 9112 §6.1: chunked is applied at most once. hyper undoes one layer; the second
+        // would reach the upstream as body bytes, and what follows the first last-chunk would
+        // be read as the client's next request.
+        if chunked_count(request.headers()) > 1 {
+            return Err(ProxyError::BadRequest(
+                "the chunked transfer coding is applied more than once",
+            ));
+        }
         check_host(&request).map_err(ProxyError::BadTarget)?;
         let upgrade = requested_upgrade(&request);
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
@@ -196,6 +204,13 @@ impl Forwarder {
         loop {
             let at = tokio::time::Instant::from_std(deadline);
             match tokio::time::timeout_at(at, &mut response).await {
+                // The client's body broke (bad chunked framing, the client went away): the
+                // upstream request was cut short for the client's fault, not the upstream's.
+                Ok(Err(_)) if progress.client_failed() => {
+                    return Err(ProxyError::BadRequest(
+                        "the request body is malformed or was cut off",
+                    ));
+                }
                 Ok(result) => return upstream_result(result),
                 Err(_) => {
                     let extended = progress.last() + self.response_timeout;
@@ -236,12 +251,14 @@ fn upstream_result(
     }
 }
 
-/// When a streamed request body last moved (a frame or its end was taken from the client).
+/// When a streamed request body last moved (a frame or its end was taken from the client), and
+/// whether reading it from the client failed.
 #[derive(Clone)]
 struct Progress {
     origin: Instant,
     /// Nanoseconds after `origin`.
     last: Arc<AtomicU64>,
+    client_failed: Arc<AtomicBool>,
 }
 
 impl Progress {
@@ -249,7 +266,12 @@ impl Progress {
         Self {
             origin: Instant::now(),
             last: Arc::new(AtomicU64::new(0)),
+            client_failed: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    fn client_failed(&self) -> bool {
+        self.client_failed.load(Ordering::Relaxed)
     }
 
     fn touch(&self) {
@@ -277,8 +299,10 @@ impl Body for ProgressBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if matches!(polled, Poll::Ready(Some(Ok(_)) | None)) {
-            self.progress.touch();
+        match &polled {
+            Poll::Ready(Some(Ok(_)) | None) => self.progress.touch(),
+            Poll::Ready(Some(Err(_))) => self.progress.client_failed.store(true, Ordering::Relaxed),
+            Poll::Pending => {}
         }
         polled
     }
@@ -344,6 +368,16 @@ fn has_foreign_transfer_coding(headers: &HeaderMap) -> bool {
         .flat_map(|v| v.as_bytes().split(|&b| b == b','))
         .map(|coding| coding.trim_ascii())
         .any(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case(b"chunked"))
+}
+
+/// How many times `Transfer-Encoding` (all its lines) names `chunked`.
+fn chunked_count(headers: &HeaderMap) -> usize {
+    headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .filter(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+        .count()
 }
 
 /// The comma-separated tokens of every `Connection` header.
@@ -589,6 +623,22 @@ mod tests {
         assert!(te(&["gzip, chunked"]));
         assert!(te(&["gzip", "chunked"]));
         assert!(te(&["x-custom ,chunked"]));
+    }
+
+    #[test]
+    fn chunked_is_counted_across_values_and_lines() {
+        let count = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append("transfer-encoding", v.parse().unwrap());
+            }
+            chunked_count(&h)
+        };
+        assert_eq!(count(&[]), 0);
+        assert_eq!(count(&["chunked"]), 1);
+        assert_eq!(count(&["Chunked , chunked"]), 2);
+        assert_eq!(count(&["chunked", "CHUNKED"]), 2);
+        assert_eq!(count(&["gzip, chunked"]), 1);
     }
 
     #[test]

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use http::header::{HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use tracing::{info, warn};
 
@@ -101,7 +102,7 @@ impl App {
         if let Some(e) = entry.as_mut() {
             e.request_id = Some(request_id.clone());
         }
-        let route = if is_token_path(request.uri().path()) {
+        let route = if is_token_route(request.uri().path()) {
             0
         } else {
             1
@@ -136,6 +137,11 @@ impl App {
                 metrics,
             )
         } else {
+            // A refused HTTP/1 request may leave body bytes unread, framed in a way the proxy
+            // just refused (a transfer coding it cannot undo, a broken chunk): they must never
+            // be read as the client's next request, so the connection closes after the answer.
+            let close_if_refused =
+                request.version() < Version::HTTP_2 && !request.body().is_end_stream();
             let result = self
                 .forwarder
                 .forward(request, conn)
@@ -149,7 +155,14 @@ impl App {
                     }
                     forwarded.response.map(ProxyBody::upstream)
                 });
-            respond(result, &mut entry, conn, metrics)
+            let refused = result.is_err();
+            let mut response = respond(result, &mut entry, conn, metrics);
+            if refused && close_if_refused {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            response
         };
 
         metrics.request(route, response.status());
@@ -161,6 +174,17 @@ impl App {
         }
         response.map(|body| LoggedBody::new(body, entry))
     }
+}
+
+/// Whether `path` goes to the token route: every spelling [`is_token_path`] knows, also with a
+/// `;` parameter after it (`/api/stream/token;x`). Some Node routers cut the path at the first
+/// `;` (find-my-way, Fastify's router, with `useSemicolonDelimiter`), so such a path could still
+/// reach the old unauthenticated handler behind the proxy.
+fn is_token_route(path: &str) -> bool {
+    is_token_path(path)
+        || path
+            .split_once(';')
+            .is_some_and(|(before, _)| is_token_path(before))
 }
 
 /// The response for a handler's result; errors are logged here with their reason.
@@ -199,4 +223,31 @@ fn respond(
         e.error = Some(error.code());
     }
     error.to_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_semicolon_parameter_does_not_hide_the_token_route() {
+        for path in [
+            "/api/stream/token",
+            "/api/stream/token;x",
+            "/api/stream/token;jsessionid=1;y",
+            "/API/Stream/Token/;x",
+            "/api/stream/%74oken;",
+        ] {
+            assert!(is_token_route(path), "{path}");
+        }
+        // Cut at the first `;`, these are other paths to any router.
+        for path in [
+            "/api/stream;x/token",
+            "/api;/stream/token",
+            "/api/stream/tokens;x",
+            ";/api/stream/token",
+        ] {
+            assert!(!is_token_route(path), "{path}");
+        }
+    }
 }

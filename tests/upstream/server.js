@@ -17,7 +17,11 @@
 //                                the socket is destroyed: an upstream dying mid-response
 //   GET  /_t/stats               {"requests":N, ...} requests seen since start (or the last reset),
 //                                plus the counters below (never reset)
-//   POST /_t/reset               sets the request counter to 0
+//   POST /_t/reset               sets the request counter to 0 (and empties the /_t/seen log)
+//   GET  /_t/seen[?clear=1]      {"seen":[{"method","url","state"}, ...]}: every request since start
+//                                or the last clear (not /_t/stats nor /_t/seen itself; at most
+//                                1000), state "open", "complete" or "aborted" (the body never
+//                                completed); clear=1 empties the log after answering
 //   POST /_t/drop-next           the next request (any path but /_t/stats) gets its socket
 //                                destroyed without an answer, as a keep-alive race would
 //   GET  /_t/ws (Upgrade)        WebSocket echo (text, binary, ping, close)
@@ -43,6 +47,15 @@ const counters = {
   ws_open: 0, // WebSocket connections open now
 };
 let dropNext = false;
+// Requests as they arrived, for tests that must know exactly what reached Node (/_t/seen).
+let seen = [];
+function logSeen(req) {
+  const path = req.url.split('?')[0];
+  if (path === '/_t/stats' || path === '/_t/seen') return null;
+  const entry = { method: req.method, url: req.url, state: 'open' };
+  if (seen.length < 1000) seen.push(entry);
+  return entry;
+}
 
 function json(res, status, value, extraHeaders = {}) {
   const body = JSON.stringify(value);
@@ -83,10 +96,12 @@ function download(res, total) {
 
 const server = http.createServer((req, res) => {
   requests++;
+  const entry = logSeen(req);
   const url = new URL(req.url, 'http://upstream.invalid');
   const path = url.pathname;
   req.on('close', () => {
     if (!req.complete) counters.aborted++;
+    if (entry) entry.state = req.complete ? 'complete' : 'aborted';
   });
 
   if (dropNext && path !== '/_t/stats') {
@@ -100,8 +115,14 @@ const server = http.createServer((req, res) => {
   }
   if (path === '/api/hello') return json(res, 200, { message: 'hello' });
   if (path === '/_t/stats') return json(res, 200, { requests: requests - 1, ...counters });
+  if (path === '/_t/seen') {
+    const list = seen;
+    if (url.searchParams.get('clear') === '1') seen = [];
+    return json(res, 200, { seen: list });
+  }
   if (path === '/_t/reset') {
     requests = 0;
+    seen = [];
     return json(res, 200, { requests: 0 });
   }
   if (path === '/_t/download') return download(res, Number(url.searchParams.get('bytes') || 0));
@@ -182,6 +203,8 @@ server.on('connection', (socket) => {
 // ---------- WebSocket echo (RFC 6455), just enough for the tests ----------
 server.on('upgrade', (req, socket) => {
   requests++;
+  const entry = logSeen(req);
+  if (entry) entry.state = 'complete';
   const key = req.headers['sec-websocket-key'];
   if (new URL(req.url, 'http://x').pathname !== '/_t/ws' || !key) {
     socket.end('HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
