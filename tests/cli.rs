@@ -18,24 +18,6 @@ use http::StatusCode;
 
 const BIN: &str = env!("CARGO_BIN_EXE_stream-token-proxy");
 
-/// The variables that would override the config file under test.
-const OVERRIDES: &[&str] = &[
-    "PROXY_LISTEN",
-    "UPSTREAM_URL",
-    "TLS_CERT",
-    "TLS_KEY",
-    "LOG_FORMAT",
-    "RUST_LOG",
-    "ADMIN_LISTEN",
-    "CLERK_ISSUER",
-    "CLERK_JWKS_URL",
-    "CLERK_JWT_KEY",
-    "CLERK_AUTHORIZED_PARTIES",
-    "STREAM_API_KEY",
-    "STREAM_API_SECRET",
-    "STREAM_API_SECRET_FILE",
-];
-
 /// The `[auth]` and `[stream]` a production file needs (the secret file is written by
 /// [`prod_secret`]).
 const PROD_AUTH: &str = "[auth]\nissuer = \"https://clerk.example.com\"\n\
@@ -56,9 +38,7 @@ fn proxy_command(dir: &Path, args: &[&str]) -> Command {
         .stderr(Stdio::piped())
         // A panic would print its backtrace: the tests check there is none.
         .env("RUST_BACKTRACE", "1");
-    for var in OVERRIDES {
-        command.env_remove(var);
-    }
+    clear_overrides(&mut command);
     command
 }
 

@@ -18,31 +18,7 @@ const QUERY: &str = "leak-canary-query-9d0b";
 
 fn binary() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_stream-token-proxy"));
-    for var in [
-        "PROXY_LISTEN",
-        "UPSTREAM_URL",
-        "TLS_CERT",
-        "TLS_KEY",
-        "LOG_FORMAT",
-        "RUST_LOG",
-    ] {
-        command.env_remove(var);
-    }
-    for var in [
-        "CLERK_ISSUER",
-        "CLERK_JWKS_URL",
-        "CLERK_JWT_KEY",
-        "CLERK_AUTHORIZED_PARTIES",
-    ] {
-        command.env_remove(var);
-    }
-    for var in [
-        "STREAM_API_KEY",
-        "STREAM_API_SECRET",
-        "STREAM_API_SECRET_FILE",
-    ] {
-        command.env_remove(var);
-    }
+    clear_overrides(&mut command);
     command
 }
 

@@ -645,3 +645,12 @@ impl RawResponse {
         })
     }
 }
+
+/// Clears every environment variable that would override the config file under test (the
+/// library's own list, plus `RUST_LOG`), so a developer's shell cannot change a test's outcome.
+pub fn clear_overrides(command: &mut Command) -> &mut Command {
+    for (var, _) in stream_token_proxy::config::ENV_OVERRIDES {
+        command.env_remove(var);
+    }
+    command.env_remove("RUST_LOG")
+}
