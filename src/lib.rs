@@ -239,7 +239,10 @@ pub async fn start(mut config: Config) -> Result<ProxyHandle, StartError> {
     let admin_task = admin_listener.map(|l| tokio::spawn(admin::run(l, admin.clone())));
     let token = Arc::new(token);
     let request_ids = Arc::new(RequestIds::default());
-    let slots = Arc::new(tokio::sync::Semaphore::new(config.server.max_connections));
+    let admission = server::Admission {
+        slots: Arc::new(tokio::sync::Semaphore::new(config.server.max_connections)),
+        listening: Arc::new(std::sync::atomic::AtomicUsize::new(workers)),
+    };
     let mut finished = Vec::with_capacity(workers);
     for (index, listener) in listeners.into_iter().enumerate() {
         let app = Arc::new(App {
@@ -256,7 +259,7 @@ pub async fn start(mut config: Config) -> Result<ProxyHandle, StartError> {
             metrics: metrics.clone(),
             settings: config.server.clone(),
             shutdown: shutdown_rx.clone(),
-            slots: slots.clone(),
+            admission: admission.clone(),
         };
         finished.push(
             worker
@@ -292,7 +295,7 @@ struct Worker {
     metrics: Arc<Metrics>,
     settings: config::ServerConfig,
     shutdown: watch::Receiver<bool>,
-    slots: Arc<tokio::sync::Semaphore>,
+    admission: server::Admission,
 }
 
 impl Worker {
@@ -322,7 +325,7 @@ impl Worker {
                                 self.metrics,
                                 &self.settings,
                                 self.shutdown,
-                                self.slots,
+                                self.admission,
                             )
                             .await
                         }

@@ -4,7 +4,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -26,7 +26,16 @@ use crate::router::App;
 type Builder = auto::Builder<TokioExecutor>;
 
 /// Serves `listener` until `shutdown` flips to `true`, then drains for `server.shutdown_grace`.
-/// One worker's accept loop. `slots` is shared by all workers: one permit per open connection.
+/// What all workers share about accepting connections.
+#[derive(Clone)]
+pub struct Admission {
+    /// One permit per open connection, across every worker (`server.max_connections`).
+    pub slots: Arc<Semaphore>,
+    /// Workers whose listener is still open; the last to close logs that accepting stopped.
+    pub listening: Arc<AtomicUsize>,
+}
+
+/// One worker's accept loop.
 pub async fn run(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
@@ -34,8 +43,9 @@ pub async fn run(
     metrics: Arc<Metrics>,
     settings: &ServerConfig,
     mut shutdown: watch::Receiver<bool>,
-    slots: Arc<Semaphore>,
+    admission: Admission,
 ) {
+    let slots = admission.slots;
     let builder = Arc::new(http_builder(settings));
     let handshake_timeout = settings.tls_handshake_timeout.0;
     let first_request = settings.header_read_timeout.0;
@@ -101,11 +111,11 @@ pub async fn run(
 
     drop(listener);
     let grace = settings.shutdown_grace.0;
-    info!(
-        open = graceful.count(),
-        ?grace,
-        "stopped accepting; draining open connections"
-    );
+    debug!(open = graceful.count(), "worker closed its listener");
+    // Only once every worker's socket is closed is the port really closed to new clients.
+    if admission.listening.fetch_sub(1, Ordering::AcqRel) == 1 {
+        info!(?grace, "stopped accepting; draining open connections");
+    }
     tokio::select! {
         _ = graceful.shutdown() => info!("all connections drained"),
         _ = tokio::time::sleep(grace) => warn!(?grace, "grace period over; closing the remaining connections"),
