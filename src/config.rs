@@ -114,8 +114,8 @@ pub struct ServerConfig {
     pub http2_max_concurrent_streams: u32,
     /// How often the certificate, key and secret files are checked for changes (also: SIGHUP).
     pub reload_interval: PositiveDuration,
-    /// Worker threads, each a single-threaded event loop with its own listening socket and
-    /// upstream pool (like nginx's worker processes). 0 = one per CPU core.
+    /// Worker threads, each a single-threaded event loop with its own upstream pool, all
+    /// accepting from one listening socket (like nginx's worker processes). 0 = one per core.
     pub workers: usize,
 }
 

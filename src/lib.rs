@@ -287,7 +287,7 @@ pub async fn start(mut config: Config) -> Result<ProxyHandle, StartError> {
     })
 }
 
-/// One worker thread: a single-threaded runtime serving one `SO_REUSEPORT` listener.
+/// One worker thread: a single-threaded runtime accepting from its copy of the shared listener.
 struct Worker {
     listener: std::net::TcpListener,
     acceptor: Option<TlsAcceptor>,

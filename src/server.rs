@@ -202,25 +202,24 @@ async fn serve_connection<I>(
     }
 }
 
-/// Binds `count` listening sockets on `addr` with `SO_REUSEPORT`, one per worker, so the kernel
-/// spreads new connections across the workers. A plain bind first makes sure the port is not in
-/// use already (with `SO_REUSEPORT` alone, a second proxy on the port would silently share it).
+/// Binds one listening socket on `addr` and hands each of `count` workers a duplicate of it.
+/// Every worker polls the same accept queue, so a worker with a free connection slot takes the
+/// next client (with `SO_REUSEPORT` sockets the kernel would pin each client to one worker's
+/// queue, even when that worker is at its limit and another is idle).
 pub fn bind_listeners(
     addr: SocketAddr,
     count: usize,
 ) -> std::io::Result<Vec<std::net::TcpListener>> {
-    let probe = std::net::TcpListener::bind(addr)?;
-    let addr = probe.local_addr()?; // port 0: the port every worker will share
-    drop(probe);
-    (0..count.max(1))
-        .map(|_| {
-            let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-            socket.set_reuse_address(true)?;
-            socket.set_reuse_port(true)?;
-            socket.set_nonblocking(true)?;
-            socket.bind(&addr.into())?;
-            socket.listen(1024)?;
-            Ok(socket.into())
-        })
-        .collect()
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    let listener: std::net::TcpListener = socket.into();
+    let mut listeners = Vec::with_capacity(count.max(1));
+    for _ in 1..count.max(1) {
+        listeners.push(listener.try_clone()?);
+    }
+    listeners.push(listener);
+    Ok(listeners)
 }
