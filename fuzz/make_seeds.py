@@ -133,6 +133,8 @@ requests = 10
 period = "1m"
 ''')
 w("config", "bad-duration", '[upstream]\nresponse_timeout = "0s"\n')
+# Regression: `validate` used to panic on a response_timeout this large (Duration * 10).
+w("config", "huge-response-timeout", '[upstream]\nresponse_timeout = "2000000000000000000s"\n')
 w("config", "unknown-key", '[server]\nlisten = "127.0.0.1:3001"\nbogus = 1\n')
 
 # Found by the first smoke run: a signed token whose unknown `sid` claim is invalid UTF-8 is
