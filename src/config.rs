@@ -810,7 +810,9 @@ impl Config {
     /// Rules that involve more than one key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let err = |msg: String| Err(ConfigError::new("configuration", msg));
-        if self.upstream.pool_idle_timeout.0 >= self.upstream.response_timeout.0 * 10 {
+        // Saturating: `Duration * 10` panics past u64::MAX seconds (fuzz/ target `config`).
+        if self.upstream.pool_idle_timeout.0 >= self.upstream.response_timeout.0.saturating_mul(10)
+        {
             return err(
                 "upstream.pool_idle_timeout is far longer than upstream.response_timeout; keep it \
                  below the upstream's keep-alive timeout (Node's default is 5s)"
@@ -1143,6 +1145,23 @@ mod tests {
             no_secret.to_string().contains("STREAM_API_SECRET"),
             "{no_secret}"
         );
+    }
+
+    /// Found with the `config` fuzz target (fuzz/): a huge `upstream.response_timeout` made
+    /// `validate` panic multiplying it by 10 instead of validating.
+    #[test]
+    fn huge_durations_validate_without_overflow() {
+        let huge = "\"2000000000000000000s\"";
+        let config = validated(&format!("{PROD}\n[upstream]\nresponse_timeout = {huge}\n"))
+            .expect("a huge response_timeout is not an error");
+        assert_eq!(
+            config.upstream.response_timeout.0.as_secs(),
+            2_000_000_000_000_000_000
+        );
+        let text =
+            format!("{PROD}\n[upstream]\nresponse_timeout = \"1s\"\npool_idle_timeout = {huge}\n");
+        let err = validated(&text).unwrap_err();
+        assert!(err.to_string().contains("pool_idle_timeout"), "{err}");
     }
 
     #[test]

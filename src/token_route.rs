@@ -149,10 +149,17 @@ async fn read_json_body(
             }
         })?
         .to_bytes();
+    parse_token_body(&bytes)
+}
+
+/// The body once read: nothing but whitespace is no body; otherwise it must be a JSON object.
+pub fn parse_token_body(
+    bytes: &[u8],
+) -> Result<Option<serde_json::Map<String, serde_json::Value>>, ProxyError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    match serde_json::from_slice(&bytes) {
+    match serde_json::from_slice(bytes) {
         Ok(serde_json::Value::Object(map)) => Ok(Some(map)),
         Ok(_) => Err(ProxyError::BadRequest("the body must be a JSON object")),
         Err(_) => Err(ProxyError::BadRequest("the body is not valid JSON")),
@@ -169,7 +176,7 @@ fn is_json(headers: &HeaderMap) -> bool {
 }
 
 /// `userId` in the body may only repeat the verified user; `userName` and the rest are ignored.
-fn check_body_user(
+pub fn check_body_user(
     body: Option<&serde_json::Map<String, serde_json::Value>>,
     session: &Session,
 ) -> Result<(), ProxyError> {
@@ -346,6 +353,22 @@ mod tests {
             "/api/stream/%zz",
         ] {
             assert!(!is_token_path(p), "{p}");
+        }
+    }
+
+    #[test]
+    fn a_token_body_is_nothing_or_a_json_object() {
+        assert!(matches!(parse_token_body(b""), Ok(None)));
+        assert!(matches!(parse_token_body(b" \r\n\t"), Ok(None)));
+        assert!(matches!(
+            parse_token_body(br#"{"userId":"user_7"}"#),
+            Ok(Some(map)) if map.len() == 1
+        ));
+        for bad in [&b"[]"[..], b"null", b"\"x\"", b"{", b"\xff"] {
+            assert!(
+                matches!(parse_token_body(bad), Err(ProxyError::BadRequest(_))),
+                "{bad:?}"
+            );
         }
     }
 

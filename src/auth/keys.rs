@@ -133,6 +133,16 @@ impl KeyStore {
         })
     }
 
+    /// A fixed key set (a JWKS document parsed with [`parse_jwks`]), never refetched: an
+    /// unknown `kid` is refused without touching the network. For tests and fuzzing.
+    pub fn from_key_set(set: KeySet, metrics: Arc<Metrics>) -> Self {
+        Self {
+            current: ArcSwapOption::from_pointee(set),
+            jwks: None,
+            metrics,
+        }
+    }
+
     /// Keys from a JWKS URL; none until [`KeyStore::run_refresh`] (or a request) fetches them.
     pub fn from_jwks(
         url: Uri,
@@ -385,5 +395,16 @@ mod tests {
         assert!(set.find(None).is_some(), "one key and no kid: unambiguous");
         assert!(parse_jwks(br#"{"keys":[]}"#).is_err());
         assert!(parse_jwks(b"<html>").is_err());
+
+        let store = KeyStore::from_key_set(set, Arc::new(Metrics::new()));
+        assert!(store.is_ready());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert!(rt.block_on(store.key_for(Some("a"))).is_ok());
+        assert!(matches!(
+            rt.block_on(store.key_for(Some("other"))),
+            Err(AuthError::UnknownKey)
+        ));
     }
 }
