@@ -5,10 +5,13 @@
 # with start-up and the TLS handshake taken out. User space only (the kernel is not counted).
 #   bench/callgrind.sh                 GET /api/hello (pass-through)
 #   MODE=token bench/callgrind.sh      POST /api/stream/token with one session token
+#   TARGET=nginx bench/callgrind.sh    the same pass-through measurement of the peers' nginx
+#                                      (its nginx.conf.in, one worker, no master process)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PEERS="${PEERS:-$ROOT/../shared/peers}"
 MODE=${MODE:-get}
+TARGET=${TARGET:-proxy}
 command -v valgrind >/dev/null || apt-get install -y -qq valgrind
 cd "$ROOT" && cargo build --release --locked -q
 work=$(mktemp -d)
@@ -25,9 +28,18 @@ token=$(cd "$PEERS" && node jwks/mint.js --count 1 --ttl 600)
 
 instructions() { # requests
   local out="$work/cg.$1"
-  PROXY_LISTEN=127.0.0.1:18410 TLS_CERT="$PEERS/certs/server.crt" TLS_KEY="$PEERS/certs/server.key" \
+  if [ "$TARGET" = nginx ]; then
+    mkdir -p "$work/nginx/tmp"
+    sed -e 's/@UPSTREAM_PORT@/18402/; s/@PORT@/18410/; s/^worker_processes .*/worker_processes 1;/' \
+      -e "s#\.\./certs/#$PEERS/certs/#" "$PEERS/nginx/nginx.conf.in" >"$work/nginx/nginx.conf"
     valgrind --tool=callgrind --callgrind-out-file="$out" \
-    "$ROOT/target/release/stream-token-proxy" --config "$work/proxy.toml" >/dev/null 2>&1 &
+      nginx -p "$work/nginx/" -e "$work/nginx/error.log" -c "$work/nginx/nginx.conf" \
+      -g 'daemon off; master_process off;' >/dev/null 2>&1 &
+  else
+    PROXY_LISTEN=127.0.0.1:18410 TLS_CERT="$PEERS/certs/server.crt" TLS_KEY="$PEERS/certs/server.key" \
+      valgrind --tool=callgrind --callgrind-out-file="$out" \
+      "$ROOT/target/release/stream-token-proxy" --config "$work/proxy.toml" >/dev/null 2>&1 &
+  fi
   local proxy=$!
   for _ in $(seq 600); do (exec 3<>/dev/tcp/127.0.0.1/18410) 2>/dev/null && break; sleep 0.1; done
   sleep 1 # let the first JWKS fetch land
@@ -43,6 +55,7 @@ instructions() { # requests
 }
 small=$(instructions 200)
 large=$(instructions 1200)
-mkdir -p "$ROOT/bench/results" && cp "$work/cg.1200" "$ROOT/bench/results/callgrind-$MODE.out"; cp "$work/cg.200" "$ROOT/bench/results/callgrind-$MODE-200.out"
-echo "mode=$MODE: $(( (large - small) / 1000 )) instructions per request (Ir 200: $small, Ir 1200: $large)"
-echo "profile: callgrind_annotate bench/results/callgrind-$MODE.out"
+name=$MODE$([ "$TARGET" = nginx ] && echo -nginx)
+mkdir -p "$ROOT/bench/results" && cp "$work/cg.1200" "$ROOT/bench/results/callgrind-$name.out"; cp "$work/cg.200" "$ROOT/bench/results/callgrind-$name-200.out"
+echo "target=$TARGET mode=$MODE: $(( (large - small) / 1000 )) instructions per request (Ir 200: $small, Ir 1200: $large)"
+echo "profile: callgrind_annotate bench/results/callgrind-$name.out"

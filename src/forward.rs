@@ -393,6 +393,17 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 
 /// Removes the hop-by-hop headers and every header the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // One pass over the names finds the few present (often none; Node's responses carry
+    // `Connection` and `Keep-Alive`): cheaper than six hashed removals (bench/callgrind.sh).
+    let mut present = [false; HOP_BY_HOP.len()];
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+            present[i] = true;
+        }
+    }
+    if !present.contains(&true) {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = connection_tokens(headers)
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
@@ -401,7 +412,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-    for name in &HOP_BY_HOP {
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, here)| *here) {
         headers.remove(name);
     }
 }
@@ -447,18 +458,39 @@ pub fn prepare_request_headers(
 
 /// Appends the client address to `X-Forwarded-For`, folding repeated header lines into one.
 fn append_forwarded_for(headers: &mut HeaderMap, ip: IpAddr) {
-    let ip = ip.to_canonical();
-    let mut value = String::new();
+    let mut value = Vec::with_capacity(48);
     for existing in headers.get_all(&X_FORWARDED_FOR) {
         if let Ok(s) = existing.to_str() {
-            value.push_str(s.trim());
-            value.push_str(", ");
+            value.extend_from_slice(s.trim().as_bytes());
+            value.extend_from_slice(b", ");
         }
     }
-    value.push_str(&ip.to_string());
+    push_ip(&mut value, ip.to_canonical());
     // Built from valid header values and an IP address: always a valid header value.
-    if let Ok(v) = HeaderValue::from_str(&value) {
+    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+}
+
+/// Writes `ip` as `Display` would. IPv4 digits are written directly: `to_string` goes through
+/// the formatting machinery, a visible share of a forwarded request's user-space cost.
+fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                if octet >= 100 {
+                    out.push(b'0' + octet / 100);
+                }
+                if octet >= 10 {
+                    out.push(b'0' + octet / 10 % 10);
+                }
+                out.push(b'0' + octet % 10);
+            }
+        }
+        IpAddr::V6(v6) => out.extend_from_slice(v6.to_string().as_bytes()),
     }
 }
 
@@ -529,6 +561,23 @@ mod tests {
         assert_eq!(h.len(), 2, "{h:?}");
         let kept: Vec<_> = h.get_all("x-end-to-end").iter().collect();
         assert_eq!(kept, ["a", "b"]);
+    }
+
+    #[test]
+    fn ip_text_matches_display() {
+        let octets = [0u8, 1, 9, 10, 42, 99, 100, 101, 199, 200, 255];
+        for a in octets {
+            for b in octets {
+                let ip = IpAddr::from([a, b, 255 - a, 9]);
+                let mut out = Vec::new();
+                push_ip(&mut out, ip);
+                assert_eq!(String::from_utf8(out).unwrap(), ip.to_string());
+            }
+        }
+        let v6: IpAddr = "2001:db8::ff00:42:8329".parse().unwrap();
+        let mut out = Vec::new();
+        push_ip(&mut out, v6);
+        assert_eq!(out, v6.to_string().as_bytes());
     }
 
     #[test]

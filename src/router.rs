@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, Version};
 use http_body::Body as _;
@@ -61,7 +62,15 @@ impl RequestIds {
             return id.clone();
         }
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let id = HeaderValue::from_str(&format!("{}-{n:x}", self.prefix))
+        // `<prefix>-<n in hex>`, written without the formatting machinery (per request).
+        let mut text = Vec::with_capacity(self.prefix.len() + 17);
+        text.extend_from_slice(self.prefix.as_bytes());
+        text.push(b'-');
+        let digits = (u64::BITS - n.leading_zeros()).div_ceil(4).max(1);
+        for shift in (0..digits).rev() {
+            text.push(b"0123456789abcdef"[(n >> (shift * 4)) as usize & 0xf]);
+        }
+        let id = HeaderValue::from_maybe_shared(Bytes::from(text))
             .unwrap_or_else(|_| HeaderValue::from_static("invalid"));
         headers.insert(X_REQUEST_ID.clone(), id.clone());
         id
@@ -248,6 +257,25 @@ mod tests {
             ";/api/stream/token",
         ] {
             assert!(!is_token_route(path), "{path}");
+        }
+    }
+
+    #[test]
+    fn generated_request_ids_are_prefix_dash_hex_counter() {
+        let ids = RequestIds {
+            prefix: "0a1b2c3d4e5f".into(),
+            next: AtomicU64::new(0),
+        };
+        for expected in ["0", "1", "2"] {
+            let mut headers = HeaderMap::new();
+            let id = ids.assign(&mut headers);
+            assert_eq!(id, format!("0a1b2c3d4e5f-{expected}").as_str());
+            assert_eq!(headers[&X_REQUEST_ID], id);
+        }
+        for n in [15u64, 16, 0xabc, u64::MAX] {
+            ids.next.store(n, Ordering::Relaxed);
+            let id = ids.assign(&mut HeaderMap::new());
+            assert_eq!(id, format!("0a1b2c3d4e5f-{n:x}").as_str());
         }
     }
 }
