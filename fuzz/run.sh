@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs one target on one core (core 1) for SECONDS (default 600) and prints a summary line.
+# Runs one target on one core (core 1, or $CORE) for SECONDS (default 600) and prints a summary line.
 # Usage: fuzz/run.sh <target> [seconds]   (from anywhere; the log goes to fuzz/logs/)
 set -u
 cd "$(dirname "$0")"
@@ -10,7 +10,8 @@ log=logs/$target-$(date -u +%Y%m%dT%H%M%SZ).log
 extra=()
 [ -f "dict/$target.dict" ] && extra+=("-dict=dict/$target.dict")
 start=$(date +%s)
-RUSTC_BOOTSTRAP=1 taskset -c 1 cargo fuzz run -O -a "$target" -- \
+# CORE=n picks the core (default 1, the second; CORE=0 on a one-CPU machine); needs taskset.
+RUSTC_BOOTSTRAP=1 taskset -c "${CORE:-1}" cargo fuzz run -O -a "$target" -- \
     -max_total_time="$secs" -rss_limit_mb=512 -timeout=5 -print_final_stats=1 "${extra[@]}" >"$log" 2>&1
 rc=$?
 wall=$(($(date +%s) - start))
