@@ -24,6 +24,12 @@ export CLERK_JWKS_URL=http://127.0.0.1:18401/.well-known/jwks.json UPSTREAM_URL=
 (cd "$PEERS" && exec node jwks/server.js --port 18401 >/dev/null 2>&1) & pids+=($!)
 (cd "$PEERS" && PORT=18402 exec node upstream/server.js >/dev/null 2>&1) & pids+=($!)
 sed 's/^workers = .*/workers = 1/' bench/proxy.toml >"$work/proxy.toml"
+# A throwaway certificate of the same kind as the peers' (RSA 2048, self-signed).
+mkdir -p "$work/certs"
+openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days 2 -subj "/CN=localhost" \
+  -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+  -keyout "$work/certs/server.key" -out "$work/certs/server.crt" 2>/dev/null
+cat "$work/certs/server.crt" "$work/certs/server.key" >"$work/certs/server.pem"
 token=$(cd "$PEERS" && node jwks/mint.js --count 1 --ttl 600)
 
 instructions() { # requests
@@ -31,12 +37,12 @@ instructions() { # requests
   if [ "$TARGET" = nginx ]; then
     mkdir -p "$work/nginx/tmp"
     sed -e 's/@UPSTREAM_PORT@/18402/; s/@PORT@/18410/; s/^worker_processes .*/worker_processes 1;/' \
-      -e "s#\.\./certs/#$PEERS/certs/#" "$PEERS/nginx/nginx.conf.in" >"$work/nginx/nginx.conf"
+      -e "s#\.\./certs/#$work/certs/#" "$PEERS/nginx/nginx.conf.in" >"$work/nginx/nginx.conf"
     valgrind --tool=callgrind --callgrind-out-file="$out" \
       nginx -p "$work/nginx/" -e "$work/nginx/error.log" -c "$work/nginx/nginx.conf" \
       -g 'daemon off; master_process off;' >/dev/null 2>&1 &
   else
-    PROXY_LISTEN=127.0.0.1:18410 TLS_CERT="$PEERS/certs/server.crt" TLS_KEY="$PEERS/certs/server.key" \
+    PROXY_LISTEN=127.0.0.1:18410 TLS_CERT="$work/certs/server.crt" TLS_KEY="$work/certs/server.key" \
       valgrind --tool=callgrind --callgrind-out-file="$out" \
       "$ROOT/target/release/stream-token-proxy" --config "$work/proxy.toml" >/dev/null 2>&1 &
   fi
@@ -55,7 +61,8 @@ instructions() { # requests
 }
 small=$(instructions 200)
 large=$(instructions 1200)
-name=$MODE$([ "$TARGET" = nginx ] && echo -nginx)
+name=$MODE
+if [ "$TARGET" = nginx ]; then name=$MODE-nginx; fi
 mkdir -p "$ROOT/bench/results" && cp "$work/cg.1200" "$ROOT/bench/results/callgrind-$name.out"; cp "$work/cg.200" "$ROOT/bench/results/callgrind-$name-200.out"
 echo "target=$TARGET mode=$MODE: $(( (large - small) / 1000 )) instructions per request (Ir 200: $small, Ir 1200: $large)"
 echo "profile: callgrind_annotate bench/results/callgrind-$name.out"

@@ -15,14 +15,20 @@ mkdir -p "$ROOT/bench/results"
 command -v perf >/dev/null || apt-get install -y -qq linux-perf
 cd "$ROOT" && cargo build --release --locked -q
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+work=$(mktemp -d)
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
+# A throwaway certificate of the same kind as the peers' (RSA 2048, self-signed).
+mkdir -p "$work/certs"
+openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days 2 -subj "/CN=localhost" \
+  -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+  -keyout "$work/certs/server.key" -out "$work/certs/server.crt" 2>/dev/null
 export CLERK_ISSUER=https://clerk.example.test CLERK_AUTHORIZED_PARTIES=http://localhost:8081
 export STREAM_API_SECRET=bench-stream-api-secret-not-for-production
 export CLERK_JWKS_URL=http://127.0.0.1:18401/.well-known/jwks.json UPSTREAM_URL=http://127.0.0.1:18402
 (cd "$PEERS" && exec node jwks/server.js --port 18401 >/dev/null 2>&1) & pids+=($!)
 (cd "$PEERS" && PORT=18402 exec node upstream/server.js >/dev/null 2>&1) & pids+=($!)
-PROXY_LISTEN=127.0.0.1:18410 TLS_CERT="$PEERS/certs/server.crt" TLS_KEY="$PEERS/certs/server.key" \
+PROXY_LISTEN=127.0.0.1:18410 TLS_CERT="$work/certs/server.crt" TLS_KEY="$work/certs/server.key" \
   "$ROOT/target/release/stream-token-proxy" --config "$ROOT/bench/proxy.toml" & pids+=($!)
 proxy=$!
 for _ in $(seq 100); do curl -skf https://127.0.0.1:18410/api/hello >/dev/null && break; sleep 0.1; done

@@ -178,7 +178,7 @@ pub struct UpstreamConfig {
     /// Idle pooled connections are closed after this; keep it below the upstream's keep-alive
     /// timeout (Node: 5 s) or requests race the upstream closing the socket.
     pub pool_idle_timeout: PositiveDuration,
-    /// Idle connections kept per upstream.
+    /// Idle connections kept to the upstream, per worker thread.
     pub pool_max_idle: usize,
     /// Retry an idempotent, bodiless request once when the upstream closed a pooled connection
     /// before answering.

@@ -14,18 +14,17 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use http::uri::{Authority, PathAndQuery, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tracing::{debug, warn};
 
 use crate::config::{ForwardingConfig, UpstreamConfig};
 use crate::error::ProxyError;
+use crate::upstream::{SendError, UpstreamPool};
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded in either direction.
 /// `Upgrade` is put back for upgrade requests and 101 responses.
@@ -60,33 +59,24 @@ pub struct ClientConn {
 }
 
 pub struct Forwarder {
-    client: Client<HttpConnector, UpstreamBody>,
-    authority: Authority,
+    pool: UpstreamPool<UpstreamBody>,
+    /// The upstream's `host:port`, the `Host` of a request that came without one (HTTP/1.0).
+    host: HeaderValue,
     response_timeout: Duration,
     retry_idempotent: bool,
     options: ForwardingConfig,
 }
 
 impl Forwarder {
+    /// The pool is this worker's own; call once per worker.
     pub fn new(upstream: &UpstreamConfig, options: &ForwardingConfig) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(upstream.connect_timeout.0));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(upstream.pool_idle_timeout.0)
-            .pool_max_idle_per_host(upstream.pool_max_idle)
-            // Bounded read buffer per upstream connection: a streamed body moves in 64 KiB steps
-            // instead of hyper's ~400 KiB default (bench/memory.sh).
-            .http1_max_buf_size(64 * 1024)
-            // A pooled connection found closed before the request was written is retried by
-            // the client itself; the after-write case is `retry_idempotent` below.
-            .retry_canceled_requests(true)
-            .build(connector);
+        let authority: &Authority = &upstream.url.authority;
         Self {
-            client,
-            authority: upstream.url.authority.clone(),
+            // A pooled connection found closed before the request was written is retried by
+            // the pool itself; the after-write case is `retry_idempotent` below.
+            pool: UpstreamPool::new(upstream),
+            host: HeaderValue::from_str(authority.as_str())
+                .expect("an authority is a valid header value"),
             response_timeout: upstream.response_timeout.0,
             retry_idempotent: upstream.retry_idempotent,
             options: options.clone(),
@@ -130,8 +120,11 @@ impl Forwarder {
             &self.options,
         )
         .map_err(ProxyError::BadTarget)?;
-        parts.uri = self.upstream_uri(&parts.uri)?;
+        parts.uri = origin_form(&parts.uri)?;
         parts.version = Version::HTTP_11;
+        if !parts.headers.contains_key(header::HOST) {
+            parts.headers.insert(header::HOST, self.host.clone());
+        }
 
         let started = Instant::now();
         let mut response = if body.is_end_stream() {
@@ -184,7 +177,7 @@ impl Forwarder {
     }
 
     async fn send(&self, request: Request<UpstreamBody>) -> Result<Response<Incoming>, ProxyError> {
-        match tokio::time::timeout(self.response_timeout, self.client.request(request)).await {
+        match tokio::time::timeout(self.response_timeout, self.pool.send(request)).await {
             Err(_) => Err(ProxyError::UpstreamTimeout(self.response_timeout)),
             Ok(result) => upstream_result(result),
         }
@@ -199,7 +192,7 @@ impl Forwarder {
         request: Request<UpstreamBody>,
         progress: &Progress,
     ) -> Result<Response<Incoming>, ProxyError> {
-        let mut response = std::pin::pin!(self.client.request(request));
+        let mut response = std::pin::pin!(self.pool.send(request));
         let mut deadline = Instant::now() + self.response_timeout;
         loop {
             let at = tokio::time::Instant::from_std(deadline);
@@ -222,32 +215,27 @@ impl Forwarder {
             }
         }
     }
+}
 
-    /// The upstream's scheme and authority with the client's path and query, byte for byte.
-    fn upstream_uri(&self, uri: &Uri) -> Result<Uri, ProxyError> {
-        let path_and_query = match uri.path_and_query() {
-            Some(pq) if pq.as_str().starts_with('/') => pq.clone(),
-            // Absolute-form without a path ("http://host") means "/"; "*" (OPTIONS) and
-            // authority-form (CONNECT) have no meaning for the upstream application.
-            None if uri.scheme().is_some() => PathAndQuery::from_static("/"),
-            _ => return Err(ProxyError::BadTarget(format!("request target {uri:?}"))),
-        };
-        Uri::builder()
-            .scheme(Scheme::HTTP)
-            .authority(self.authority.clone())
-            .path_and_query(path_and_query)
-            .build()
-            .map_err(|e| ProxyError::BadTarget(e.to_string()))
-    }
+/// The client's path and query, byte for byte, as the origin-form target of the upstream request.
+fn origin_form(uri: &Uri) -> Result<Uri, ProxyError> {
+    let path_and_query = match uri.path_and_query() {
+        Some(pq) if pq.as_str().starts_with('/') => pq.clone(),
+        // Absolute-form without a path ("http://host") means "/"; "*" (OPTIONS) and
+        // authority-form (CONNECT) have no meaning for the upstream application.
+        None if uri.scheme().is_some() => PathAndQuery::from_static("/"),
+        _ => return Err(ProxyError::BadTarget(format!("request target {uri:?}"))),
+    };
+    Ok(Uri::from(path_and_query))
 }
 
 fn upstream_result(
-    result: Result<Response<Incoming>, hyper_util::client::legacy::Error>,
+    result: Result<Response<Incoming>, SendError>,
 ) -> Result<Response<Incoming>, ProxyError> {
     match result {
         Ok(response) => Ok(response),
-        Err(e) if e.is_connect() => Err(ProxyError::UpstreamConnect(e.into())),
-        Err(e) => Err(ProxyError::UpstreamProtocol(e.into())),
+        Err(SendError::Connect(e)) => Err(ProxyError::UpstreamConnect(e.into())),
+        Err(SendError::Protocol(e)) => Err(ProxyError::UpstreamProtocol(e.into())),
     }
 }
 

@@ -34,6 +34,7 @@ mod server;
 pub mod stream_token;
 pub mod tls;
 pub mod token_route;
+pub mod upstream;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
