@@ -385,15 +385,18 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // `Connection` and `Keep-Alive`): cheaper than six hashed removals (bench/callgrind.sh).
     let mut present = [false; HOP_BY_HOP.len()];
     for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+        if let Some(i) = hop_by_hop_index(name) {
             present[i] = true;
         }
     }
     if !present.contains(&true) {
         return;
     }
-    if headers.contains_key(header::CONNECTION) {
+    if present[0] {
+        // Usually `keep-alive` or `upgrade`, removed below anyway; only other names cost a
+        // parse and a removal (`close` too: RFC 9110 §7.6.1 removes a field of that name).
         let named: Vec<HeaderName> = connection_tokens(headers)
+            .filter(|t| !is_listed_hop_by_hop(t))
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .collect();
         for name in named {
@@ -403,6 +406,28 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, here)| *here) {
         headers.remove(name);
     }
+}
+
+/// The position of `name` in [`HOP_BY_HOP`]. The length picks the one candidate, so a
+/// header that is not hop-by-hop costs one comparison at most.
+fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    let i = match name.as_str().len() {
+        10 if name == header::CONNECTION => 0,
+        10 => 1, // keep-alive, checked below
+        16 => 2,
+        2 => 3,
+        17 => 4,
+        7 => 5,
+        _ => return None,
+    };
+    (HOP_BY_HOP[i] == name).then_some(i)
+}
+
+/// `true` when a `Connection` option names a header [`HOP_BY_HOP`] removes anyway.
+fn is_listed_hop_by_hop(token: &str) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .any(|hop| token.eq_ignore_ascii_case(hop.as_str()))
 }
 
 /// Turns the client's headers into the upstream's: hop-by-hop removed, `Host` kept (from
@@ -549,6 +574,40 @@ mod tests {
         assert_eq!(h.len(), 2, "{h:?}");
         let kept: Vec<_> = h.get_all("x-end-to-end").iter().collect();
         assert_eq!(kept, ["a", "b"]);
+    }
+
+    #[test]
+    fn hop_by_hop_index_finds_exactly_the_listed_names() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(name), Some(i), "{name}");
+        }
+        // Same lengths as listed names, but end-to-end.
+        for other in [
+            "x-secret-a",
+            "x-transfer-encode",
+            "content-location",
+            "ab",
+            "x-upgrd",
+        ] {
+            let name = HeaderName::from_static(other);
+            assert_eq!(hop_by_hop_index(&name), None, "{other}");
+        }
+        for other in ["cookie", "content-length", "x-connection", "host"] {
+            assert_eq!(hop_by_hop_index(&HeaderName::from_static(other)), None);
+        }
+    }
+
+    #[test]
+    fn every_connection_option_is_removed_as_a_field_name() {
+        let mut h = HeaderMap::new();
+        h.append("connection", "close, Keep-Alive, x-gone".parse().unwrap());
+        h.append("keep-alive", "timeout=5".parse().unwrap());
+        h.append("x-gone", "1".parse().unwrap());
+        h.append("close", "a field really named close".parse().unwrap());
+        h.append("x-kept", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-kept"]);
     }
 
     #[test]
