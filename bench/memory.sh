@@ -11,8 +11,12 @@ work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
-sleep 3600 | PORT=18422 node tests/upstream/server.js >"$work/upstream.log" &
+# The test upstream exits when its stdin closes: this script holds the FIFO's write end (fd 7)
+# until it exits, so Node never outlives it and no helper process is left behind.
+mkfifo "$work/upstream.stdin"
+PORT=18422 node tests/upstream/server.js <"$work/upstream.stdin" >"$work/upstream.log" &
 pids+=($!)
+exec 7>"$work/upstream.stdin"
 cat >"$work/proxy.toml" <<TOML
 dev = true
 [server]
@@ -48,4 +52,4 @@ expected=$(head -c "$SIZE" /dev/zero | sha256sum | cut -d' ' -f1)
 echo "expected sha256 of the upload: $expected"
 after_up=$(hwm)
 echo "peak RSS: warm-up $before KiB, after 1 GiB down $after_down KiB, after 1 GiB up $after_up KiB"
-echo "streaming added $(( (after_up - before) / 1024 )) MiB (target <= 8 MiB)"
+echo "streaming added $(awk -v k=$((after_up - before)) 'BEGIN { printf "%.1f", k / 1024 }') MiB (target <= 8 MiB)"
