@@ -1,5 +1,6 @@
-//! Forwarding to the Node upstream: the pooled client, hop-by-hop headers, `X-Forwarded-*`,
-//! protocol upgrades (WebSocket) and upstream timeouts.
+//! One forwarded request: hop-by-hop headers, `X-Forwarded-*`, protocol upgrades (WebSocket),
+//! upstream timeouts and the retry of idempotent requests. The connections themselves come from
+//! the worker's pool in [`crate::upstream`].
 //!
 //! A request goes out as the client sent it: same method, the path and query byte for byte,
 //! end-to-end headers with duplicates in order, the body streamed. Only what RFC 9110 §7.6.1
@@ -60,7 +61,8 @@ pub struct ClientConn {
 
 pub struct Forwarder {
     pool: UpstreamPool<UpstreamBody>,
-    /// The upstream's `host:port`, the `Host` of a request that came without one (HTTP/1.0).
+    /// The upstream's `host:port`, the `Host` of a request that came without one (HTTP/1.0,
+    /// or HTTP/2 without `:authority`).
     host: HeaderValue,
     response_timeout: Duration,
     retry_idempotent: bool,
@@ -128,8 +130,8 @@ impl Forwarder {
 
         let started = Instant::now();
         let mut response = if body.is_end_stream() {
-            // No body: the request can be rebuilt, so a pooled connection the upstream closed
-            // under us is retried once for idempotent methods.
+            // No body: the request can be rebuilt, so a connection the upstream closed under us
+            // (usually a pooled one it timed out) is retried once for idempotent methods.
             let retry = (self.retry_idempotent && is_idempotent(&parts.method)).then(|| {
                 let mut copy = Request::new(Either::Right(Empty::new()));
                 *copy.method_mut() = parts.method.clone();
@@ -141,7 +143,7 @@ impl Forwarder {
             let first = Request::from_parts(parts, Either::Right(Empty::new()));
             match self.send(first).await {
                 Err(e) if retry.is_some() && is_stale_connection(&e) => {
-                    debug!(error = %e, "pooled upstream connection closed before answering; retrying once");
+                    debug!(error = %e, "upstream connection closed before answering; retrying once");
                     self.send(retry.expect("checked is_some")).await?
                 }
                 other => other?,
@@ -409,7 +411,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// The position of `name` in [`HOP_BY_HOP`]. The length picks the one candidate, so a
-/// header that is not hop-by-hop costs one comparison at most.
+/// header that is not hop-by-hop costs at most two comparisons.
 fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
     let i = match name.as_str().len() {
         10 if name == header::CONNECTION => 0,
@@ -514,7 +516,7 @@ fn is_idempotent(method: &Method) -> bool {
     )
 }
 
-/// The upstream closed a pooled connection after we wrote the request but before any response.
+/// The upstream closed the connection after we wrote the request but before any response.
 fn is_stale_connection(error: &ProxyError) -> bool {
     let ProxyError::UpstreamProtocol(source) = error else {
         return false;

@@ -18,6 +18,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
@@ -34,6 +35,9 @@ use crate::config::UpstreamConfig;
 /// Largest read buffer per upstream connection: a streamed body moves in 64 KiB steps instead
 /// of hyper's ~400 KiB default (bench/memory.sh).
 const MAX_BUF_SIZE: usize = 64 * 1024;
+
+/// The shortest interval between two sweeps of expired idle connections.
+const MIN_SWEEP_PERIOD: Duration = Duration::from_millis(100);
 
 /// How many reused connections one request may find closed before a fresh one is opened.
 const MAX_STALE_CHECKOUTS: usize = 3;
@@ -60,12 +64,12 @@ struct Inner<B> {
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle: usize,
-    /// Idle connections, oldest first: checkouts take the newest (warmest), sweeps drop from
-    /// the front.
+    /// Idle connections, oldest first: checkouts take the newest (warmest); expired ones are
+    /// dropped from the front, closed ones wherever the sweep finds them.
     idle: Mutex<VecDeque<Idle<B>>>,
     /// Set once the sweeping task runs (it is started by the first check-in, from inside the
     /// worker's runtime).
-    sweeper_started: std::sync::atomic::AtomicBool,
+    sweeper_started: AtomicBool,
 }
 
 enum Target {
@@ -101,7 +105,7 @@ where
                 idle_timeout: config.pool_idle_timeout.0,
                 max_idle: config.pool_max_idle,
                 idle: Mutex::new(VecDeque::new()),
-                sweeper_started: std::sync::atomic::AtomicBool::new(false),
+                sweeper_started: AtomicBool::new(false),
             }),
         }
     }
@@ -122,7 +126,7 @@ where
             };
             match sender.try_send_request(request).await {
                 Ok(response) => {
-                    Inner::checkin_when_ready(&self.inner, sender);
+                    self.inner.checkin_when_ready(sender);
                     return Ok(response);
                 }
                 Err(mut e) => match e.take_message() {
@@ -150,7 +154,8 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     fn lock(&self) -> MutexGuard<'_, VecDeque<Idle<B>>> {
-        // The list stays consistent even if a holder panicked: every operation is one push/pop.
+        // The list stays consistent even if a holder panicked: it holds only whole entries and
+        // no operation leaves it half-changed.
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -174,11 +179,11 @@ where
 
     /// Returns a connection to the pool now if it is ready for another request, or once it is
     /// (after the response body has been read).
-    fn checkin_when_ready(this: &Arc<Self>, mut sender: SendRequest<B>) {
+    fn checkin_when_ready(self: &Arc<Self>, mut sender: SendRequest<B>) {
         if sender.is_ready() {
-            this.checkin(sender);
+            self.checkin(sender);
         } else if !sender.is_closed() {
-            let pool = Arc::downgrade(this);
+            let pool = Arc::downgrade(self);
             tokio::spawn(async move {
                 if sender.ready().await.is_ok()
                     && let Some(pool) = pool.upgrade()
@@ -199,11 +204,10 @@ where
             }
             idle.push_back(Idle { sender, since: now });
         }
-        if !self
-            .sweeper_started
-            .swap(true, std::sync::atomic::Ordering::Relaxed)
-        {
-            tokio::spawn(sweep(Arc::downgrade(self), self.idle_timeout));
+        if !self.sweeper_started.swap(true, Ordering::Relaxed) {
+            // At most ten sweeps a second, however short the idle timeout is configured.
+            let period = self.idle_timeout.max(MIN_SWEEP_PERIOD);
+            tokio::spawn(sweep(Arc::downgrade(self), period));
         }
     }
 
@@ -228,7 +232,7 @@ where
             .and_then(|opened| opened)
             .map_err(SendError::Connect)?;
         stream.set_nodelay(true).map_err(SendError::Connect)?;
-        let (sender, connection) = http1::Builder::new()
+        let (mut sender, connection) = http1::Builder::new()
             .max_buf_size(MAX_BUF_SIZE)
             .handshake(TokioIo::new(stream))
             .await
@@ -239,6 +243,12 @@ where
                 debug!(error = %e, "upstream connection ended with an error");
             }
         });
+        // A connection that dies before it can take a request never reached the upstream's
+        // application: that is a connect failure (502 upstream_unavailable), not a broken exchange.
+        sender
+            .ready()
+            .await
+            .map_err(|e| SendError::Connect(io::Error::other(e)))?;
         Ok(sender)
     }
 
