@@ -141,8 +141,9 @@ where
         }
     }
 
-    /// Idle connections now in the pool (for tests).
-    pub fn idle_count(&self) -> usize {
+    /// Idle connections now in the pool.
+    #[cfg(test)]
+    fn idle_count(&self) -> usize {
         self.inner.lock().len()
     }
 }
@@ -377,6 +378,17 @@ mod tests {
         Ok(String::from_utf8(body.to_vec()).unwrap())
     }
 
+    /// Waits up to 2 s for `counter` to reach `want`; returns its last value.
+    async fn wait_for(counter: &AtomicUsize, want: usize) -> usize {
+        for _ in 0..100 {
+            if counter.load(Ordering::SeqCst) == want {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        counter.load(Ordering::SeqCst)
+    }
+
     /// Lets the connection tasks run (check-in after a read body happens on their next poll).
     async fn settle() {
         for _ in 0..20 {
@@ -406,13 +418,7 @@ mod tests {
         assert_eq!(up.accepted.load(Ordering::SeqCst), 5);
         assert_eq!(pool.idle_count(), 2, "max_idle caps the idle list");
         // The three connections beyond the cap were closed, not leaked.
-        for _ in 0..100 {
-            if up.closed_by_client.load(Ordering::SeqCst) == 3 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert_eq!(up.closed_by_client.load(Ordering::SeqCst), 3);
+        assert_eq!(wait_for(&up.closed_by_client, 3).await, 3);
     }
 
     #[tokio::test]
@@ -434,13 +440,7 @@ mod tests {
         settle().await;
         assert_eq!(pool.idle_count(), 1);
         // No request comes: the sweep closes the idle connection on its own.
-        for _ in 0..100 {
-            if up.closed_by_client.load(Ordering::SeqCst) == 1 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert_eq!(up.closed_by_client.load(Ordering::SeqCst), 1);
+        assert_eq!(wait_for(&up.closed_by_client, 1).await, 1);
         assert_eq!(pool.idle_count(), 0);
         // The next request opens a fresh connection.
         assert_eq!(get(&pool).await.unwrap(), "ok");

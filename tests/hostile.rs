@@ -51,6 +51,23 @@ impl Fixture {
         let exchange = exchange(&self.client, request).await;
         (exchange, self.seen().await)
     }
+
+    /// Every case must get a 400 that closes its connection, with nothing reaching Node.
+    async fn assert_refused_unseen(&self, cases: &[(&str, impl AsRef<[u8]>)]) {
+        let mut failures = Vec::new();
+        for (name, request) in cases {
+            let (exchange, seen) = self.probe(request.as_ref()).await;
+            if exchange.status() != Some(400) || !exchange.closed || !seen.is_empty() {
+                failures.push(format!(
+                    "{name}: status {:?}, closed {}, Node saw {seen:?}; got {:?}",
+                    exchange.status(),
+                    exchange.closed,
+                    exchange.text()
+                ));
+            }
+        }
+        assert_no_failures(failures);
+    }
 }
 
 /// One request as Node saw it (`/_t/seen`).
@@ -228,19 +245,7 @@ async fn ambiguous_framing_is_a_400_and_nothing_reaches_node() {
             format!("GET /echo/framing HTTP/1.1\rHost: localhost\r\n\r\n{hidden}"),
         ),
     ];
-    let mut failures = Vec::new();
-    for (name, request) in &cases {
-        let (exchange, seen) = f.probe(request.as_bytes()).await;
-        if exchange.status() != Some(400) || !exchange.closed || !seen.is_empty() {
-            failures.push(format!(
-                "{name}: status {:?}, closed {}, Node saw {seen:?}; got {:?}",
-                exchange.status(),
-                exchange.closed,
-                exchange.text()
-            ));
-        }
-    }
-    assert_no_failures(failures);
+    f.assert_refused_unseen(&cases).await;
 
     // A coding the proxy cannot undo is a 501 (tests/forwarding.rs); the bytes after it are
     // not read as a next request either.
@@ -493,19 +498,7 @@ async fn malformed_request_lines_and_header_fields_are_a_400() {
             b"GET /echo/x HTTP/1.1\r\n Host: localhost\r\n\r\n".to_vec(),
         ),
     ];
-    let mut failures = Vec::new();
-    for (name, request) in &cases {
-        let (exchange, seen) = f.probe(request).await;
-        if exchange.status() != Some(400) || !exchange.closed || !seen.is_empty() {
-            failures.push(format!(
-                "{name}: status {:?}, closed {}, Node saw {seen:?}; got {:?}",
-                exchange.status(),
-                exchange.closed,
-                exchange.text()
-            ));
-        }
-    }
-    assert_no_failures(failures);
+    f.assert_refused_unseen(&cases).await;
     f.proxy.stop().await;
 }
 
@@ -1031,15 +1024,7 @@ async fn tls_garbage_is_refused_without_disturbing_other_connections() {
 
     // Random bytes; a record header announcing 64 KiB; a ClientHello cut in half and the write
     // side closed; plain HTTP. All closed at once.
-    let mut state: u32 = 0x9e37_79b9;
-    let random: Vec<u8> = (0..4096)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            state as u8
-        })
-        .collect();
+    let random = xorshift_bytes(0x9e37_79b9, 4096);
     let hello = client_hello([3, 3]);
     let mut huge_record = vec![0x16, 0x03, 0x01, 0xff, 0xff];
     huge_record.extend([0u8; 64]);

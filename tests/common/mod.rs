@@ -369,6 +369,20 @@ pub fn download_sha256(n: u64) -> String {
     hash.hex()
 }
 
+/// `len` pseudo-random bytes from `seed` (xorshift32): cheap, reproducible, and without any
+/// short period.
+pub fn xorshift_bytes(seed: u32, len: usize) -> Vec<u8> {
+    let mut state = seed;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            state as u8
+        })
+        .collect()
+}
+
 /// A request body of `total` bytes made on the fly in chunks of varying size and content (so
 /// a dropped, repeated or reordered chunk changes the hash), with no size hint: HTTP/1.1 sends
 /// it chunked, HTTP/2 without `content-length`. Only one 1 MiB buffer is ever allocated.
@@ -381,16 +395,7 @@ pub struct GeneratedBody {
 
 impl GeneratedBody {
     pub fn new(total: u64) -> Self {
-        let mut state: u32 = 0x1234_5678;
-        let base: Vec<u8> = (0..1 << 20)
-            .map(|_| {
-                // xorshift32: cheap bytes that do not repeat with any short period
-                state ^= state << 13;
-                state ^= state >> 17;
-                state ^= state << 5;
-                state as u8
-            })
-            .collect();
+        let base = xorshift_bytes(0x1234_5678, 1 << 20);
         Self {
             base: Bytes::from(base),
             total,
