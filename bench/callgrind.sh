@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Instructions per request, independent of machine load: the proxy runs under
-# `valgrind --tool=callgrind` (one worker) and curl sends N requests over ONE keep-alive TLS
-# connection, for N = 200 and N = 3200; (Ir(3200) - Ir(200)) / 3000 is the cost of one request
-# (start-up, with aws-lc's jitter-entropy seeding, varies by a few million instructions per run;
-# 3,000 requests keep that under ~1,000 per request)
-# with start-up and the TLS handshake taken out. User space only (the kernel is not counted).
+# Instructions per request, independent of machine load: the target runs under
+# `valgrind --tool=callgrind` (one worker) with instrumentation off; a client opens ONE
+# keep-alive TLS connection, sends WARMUP requests, switches instrumentation on
+# (callgrind_control -i on), sends N requests and switches it off. The count is exactly
+# those N requests: no start-up, no TLS handshake, no aws-lc entropy seeding or clock
+# calibration in it, so two runs agree to within a few instructions per request.
+# User space only (the kernel is not counted).
 #   bench/callgrind.sh                 GET /api/hello (pass-through)
 #   MODE=token bench/callgrind.sh      POST /api/stream/token with one session token
 #   TARGET=nginx bench/callgrind.sh    the same pass-through measurement of the peers' nginx
 #                                      (its nginx.conf.in, one worker, no master process)
+#   N=3000 WARMUP=200                  the defaults
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PEERS="${PEERS:-$ROOT/../shared/peers}"
@@ -34,37 +36,56 @@ openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days 2 -subj "/CN=localhost" 
 cat "$work/certs/server.crt" "$work/certs/server.key" >"$work/certs/server.pem"
 token=$(cd "$PEERS" && node jwks/mint.js --count 1 --ttl 600)
 
-instructions() { # requests
-  local out="$work/cg.$1"
-  if [ "$TARGET" = nginx ]; then
-    mkdir -p "$work/nginx/tmp"
-    sed -e 's/@UPSTREAM_PORT@/18402/; s/@PORT@/18410/; s/^worker_processes .*/worker_processes 1;/' \
-      -e "s#\.\./certs/#$work/certs/#" "$PEERS/nginx/nginx.conf.in" >"$work/nginx/nginx.conf"
-    valgrind --tool=callgrind --callgrind-out-file="$out" \
-      nginx -p "$work/nginx/" -e "$work/nginx/error.log" -c "$work/nginx/nginx.conf" \
-      -g 'daemon off; master_process off;' >/dev/null 2>&1 &
-  else
-    PROXY_LISTEN=127.0.0.1:18410 TLS_CERT="$work/certs/server.crt" TLS_KEY="$work/certs/server.key" \
-      valgrind --tool=callgrind --callgrind-out-file="$out" \
-      "$ROOT/target/release/stream-token-proxy" --config "$work/proxy.toml" >/dev/null 2>&1 &
-  fi
-  local proxy=$!
-  for _ in $(seq 600); do (exec 3<>/dev/tcp/127.0.0.1/18410) 2>/dev/null && break; sleep 0.1; done
-  sleep 1 # let the first JWKS fetch land
-  local urls=()
-  for _ in $(seq "$1"); do urls+=("https://127.0.0.1:18410$([ "$MODE" = token ] && echo /api/stream/token || echo /api/hello)"); done
-  if [ "$MODE" = token ]; then
-    curl -sk --http1.1 -X POST -H "Authorization: Bearer $token" "${urls[@]}" >/dev/null
-  else
-    curl -sk --http1.1 "${urls[@]}" >/dev/null
-  fi
-  kill -TERM "$proxy"; wait "$proxy" || true
-  awk '/^summary:|^totals:/ {print $2; exit}' "$out"
-}
-small=$(instructions 200)
-large=$(instructions 3200)
+N=${N:-3000}
+WARMUP=${WARMUP:-200}
+out="$work/cg.out"
+if [ "$TARGET" = nginx ]; then
+  mkdir -p "$work/nginx/tmp"
+  sed -e 's/@UPSTREAM_PORT@/18402/; s/@PORT@/18410/; s/^worker_processes .*/worker_processes 1;/' \
+    -e "s#\.\./certs/#$work/certs/#" "$PEERS/nginx/nginx.conf.in" >"$work/nginx/nginx.conf"
+  valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
+    nginx -p "$work/nginx/" -e "$work/nginx/error.log" -c "$work/nginx/nginx.conf" \
+    -g 'daemon off; master_process off;' >/dev/null 2>&1 &
+else
+  PROXY_LISTEN=127.0.0.1:18410 TLS_CERT="$work/certs/server.crt" TLS_KEY="$work/certs/server.key" \
+    valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
+    "$ROOT/target/release/stream-token-proxy" --config "$work/proxy.toml" >/dev/null 2>&1 &
+fi
+target=$!
+pids+=("$target")
+for _ in $(seq 600); do (exec 3<>/dev/tcp/127.0.0.1/18410) 2>/dev/null && break; sleep 0.1; done
+sleep 1 # let the first JWKS fetch land
+# One connection: WARMUP requests, instrumentation on, N requests, instrumentation off.
+MODE=$MODE TOKEN=$token TARGET_PID=$target N=$N WARMUP=$WARMUP python3 - <<'PY'
+import http.client, os, ssl, subprocess
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+conn = http.client.HTTPSConnection("127.0.0.1", 18410, context=ctx, timeout=60)
+if os.environ["MODE"] == "token":
+    method, path, body = "POST", "/api/stream/token", b"{}"
+    headers = {"Authorization": "Bearer " + os.environ["TOKEN"], "Content-Type": "application/json"}
+else:
+    method, path, body, headers = "GET", "/api/hello", None, {}
+def run(n):
+    for _ in range(n):
+        conn.request(method, path, body=body, headers=headers)
+        response = conn.getresponse()
+        response.read()
+        assert response.status == 200, response.status
+def instrumentation(state):
+    subprocess.run(["callgrind_control", "-i", state, os.environ["TARGET_PID"]],
+                   check=True, stdout=subprocess.DEVNULL)
+run(int(os.environ["WARMUP"]))
+instrumentation("on")
+run(int(os.environ["N"]))
+instrumentation("off")
+conn.close()
+PY
+kill -TERM "$target"; wait "$target" || true
+total=$(awk '/^totals:/ {print $2; exit}' "$out")
 name=$MODE
 if [ "$TARGET" = nginx ]; then name=$MODE-nginx; fi
-mkdir -p "$ROOT/bench/results" && cp "$work/cg.3200" "$ROOT/bench/results/callgrind-$name.out"; cp "$work/cg.200" "$ROOT/bench/results/callgrind-$name-200.out"
-echo "target=$TARGET mode=$MODE: $(( (large - small) / 3000 )) instructions per request (Ir 200: $small, Ir 3200: $large)"
+mkdir -p "$ROOT/bench/results" && cp "$out" "$ROOT/bench/results/callgrind-$name.out"
+echo "target=$TARGET mode=$MODE: $(( total / N )) instructions per request (Ir over $N requests: $total)"
 echo "profile: callgrind_annotate bench/results/callgrind-$name.out"
