@@ -7,12 +7,12 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 
 use crate::error::BoxError;
+use crate::forward::UpstreamResponseBody;
 
 #[derive(Debug)]
-pub struct ProxyBody(Either<Incoming, Full<Bytes>>);
+pub struct ProxyBody(Either<UpstreamResponseBody, Full<Bytes>>);
 
 impl ProxyBody {
     /// A body the proxy made (JSON answers, errors).
@@ -25,7 +25,7 @@ impl ProxyBody {
     }
 
     /// The upstream's body, streamed through.
-    pub fn upstream(body: Incoming) -> Self {
+    pub fn upstream(body: UpstreamResponseBody) -> Self {
         Self(Either::Left(body))
     }
 }

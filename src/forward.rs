@@ -25,7 +25,7 @@ use tracing::{debug, warn};
 
 use crate::config::{ForwardingConfig, UpstreamConfig};
 use crate::error::ProxyError;
-use crate::upstream::{SendError, UpstreamPool};
+use crate::upstream::{PooledBody, SendError, UpstreamPool};
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded in either direction.
 /// `Upgrade` is put back for upgrade requests and 101 responses.
@@ -42,11 +42,15 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-type UpstreamBody = Either<ProgressBody, Empty<Bytes>>;
+/// The request body sent upstream: the client's streamed body, or none.
+pub type UpstreamBody = Either<ProgressBody, Empty<Bytes>>;
+
+/// The upstream's response body, streamed back to the client.
+pub type UpstreamResponseBody = PooledBody<UpstreamBody>;
 
 /// What a forwarded request came back with, for the access log.
 pub struct Forwarded {
-    pub response: Response<Incoming>,
+    pub response: Response<UpstreamResponseBody>,
     /// Time until the upstream's response headers arrived.
     pub upstream_time: Duration,
 }
@@ -141,10 +145,12 @@ impl Forwarder {
                 copy
             });
             let first = Request::from_parts(parts, Either::Right(Empty::new()));
-            match self.send(first).await {
+            let upgrading = upgrade.is_some();
+            match self.send(first, upgrading).await {
                 Err(e) if retry.is_some() && is_stale_connection(&e) => {
                     debug!(error = %e, "upstream connection closed before answering; retrying once");
-                    self.send(retry.expect("checked is_some")).await?
+                    self.send(retry.expect("checked is_some"), upgrading)
+                        .await?
                 }
                 other => other?,
             }
@@ -178,8 +184,20 @@ impl Forwarder {
         })
     }
 
-    async fn send(&self, request: Request<UpstreamBody>) -> Result<Response<Incoming>, ProxyError> {
-        match tokio::time::timeout(self.response_timeout, self.pool.send(request)).await {
+    /// Sends a request without a body (an upgrade request when `upgrade`).
+    async fn send(
+        &self,
+        request: Request<UpstreamBody>,
+        upgrade: bool,
+    ) -> Result<Response<UpstreamResponseBody>, ProxyError> {
+        let sent = async {
+            if upgrade {
+                self.pool.send_upgrade(request).await
+            } else {
+                self.pool.send(request).await
+            }
+        };
+        match tokio::time::timeout(self.response_timeout, sent).await {
             Err(_) => Err(ProxyError::UpstreamTimeout(self.response_timeout)),
             Ok(result) => upstream_result(result),
         }
@@ -193,8 +211,8 @@ impl Forwarder {
         &self,
         request: Request<UpstreamBody>,
         progress: &Progress,
-    ) -> Result<Response<Incoming>, ProxyError> {
-        let mut response = std::pin::pin!(self.pool.send(request));
+    ) -> Result<Response<UpstreamResponseBody>, ProxyError> {
+        let mut response = std::pin::pin!(self.pool.send_detached(request));
         let mut deadline = Instant::now() + self.response_timeout;
         loop {
             let at = tokio::time::Instant::from_std(deadline);
@@ -232,8 +250,8 @@ fn origin_form(uri: &Uri) -> Result<Uri, ProxyError> {
 }
 
 fn upstream_result(
-    result: Result<Response<Incoming>, SendError>,
-) -> Result<Response<Incoming>, ProxyError> {
+    result: Result<Response<UpstreamResponseBody>, SendError>,
+) -> Result<Response<UpstreamResponseBody>, ProxyError> {
     match result {
         Ok(response) => Ok(response),
         Err(SendError::Connect(e)) => Err(ProxyError::UpstreamConnect(e.into())),
@@ -275,7 +293,7 @@ impl Progress {
 }
 
 /// The client's request body on its way upstream, recording [`Progress`].
-struct ProgressBody {
+pub struct ProgressBody {
     inner: Incoming,
     progress: Progress,
 }

@@ -2,29 +2,48 @@
 //!
 //! Each worker thread runs its own single-threaded runtime and owns one pool, so a checkout is a
 //! `pop` from a short list under a lock no other thread takes: no hashed pool keys, no channel
-//! to a pool task (what hyper-util's general-purpose client does for every request, about a
-//! tenth of a forwarded request's instructions; `bench/callgrind.sh`).
+//! to a pool task (what hyper-util's general-purpose client does for every request).
+//!
+//! A connection is hyper's [`http1::SendRequest`] plus its [`http1::Connection`], the state
+//! machine that reads and writes the socket. hyper's usual pattern spawns the `Connection` as a
+//! task of its own; then every request is a hand-off between two tasks (the request through a
+//! channel, the response through a oneshot, each body chunk through another channel, each with a
+//! wake-up of the other task) plus a task per request waiting to return the connection to the
+//! pool. Here the `Connection` lives beside its `SendRequest` and whoever holds the pair polls it:
+//! - a request without a body ([`UpstreamPool::send`], the common case) drives the connection
+//!   from the client's own task, first until the response head arrives, then from the response
+//!   body ([`PooledBody`]) until its last byte, which puts the connection back in the pool;
+//! - a request with a body ([`UpstreamPool::send_detached`]) gets a task that drives the
+//!   connection, so the upload keeps flowing even while the client is not reading the response
+//!   (full duplex), and the task puts the connection back when the exchange is over;
+//! - an upgrade ([`UpstreamPool::send_upgrade`]) gets a task that hands the socket to the tunnel
+//!   after a `101`; that connection is never reused.
 //!
 //! The rules are the ones that keep a pool in front of Node correct:
 //! - an idle connection is never used after `pool_idle_timeout`, which the config keeps below
 //!   Node's 5 s keep-alive, so requests do not race the upstream closing the socket;
-//! - at most `pool_max_idle` idle connections are kept; idle ones past their time are closed by
-//!   a sweep, even when no request comes;
+//! - at most `pool_max_idle` idle connections are kept; idle ones past their time, and ones the
+//!   upstream closed, are dropped by a sweep, even when no request comes;
 //! - a connection goes back to the pool only once hyper says it is ready for the next request
 //!   (its response body fully read), never while a body or an upgrade still owns it;
 //! - a request a reused connection gave back unsent (the upstream had closed it) is sent again
 //!   on another connection: nothing reached the upstream, so this is safe for every method.
 
 use std::collections::VecDeque;
+use std::future::{Future, poll_fn};
 use std::io;
 use std::net::SocketAddr;
+use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::{Request, Response};
-use http_body::Body;
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use hyper::client::conn::TrySendError;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -54,11 +73,20 @@ pub enum SendError {
     Protocol(#[source] hyper::Error),
 }
 
-pub struct UpstreamPool<B> {
+/// The bounds hyper puts on a request body, in one place.
+pub trait RequestBody: Body<Data = Bytes> + Send + Unpin + 'static {}
+impl<B> RequestBody for B
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+}
+
+pub struct UpstreamPool<B: RequestBody> {
     inner: Arc<Inner<B>>,
 }
 
-struct Inner<B> {
+struct Inner<B: RequestBody> {
     /// `host:port`, resolved on each connect unless it is an IP address.
     target: Target,
     connect_timeout: Duration,
@@ -77,15 +105,134 @@ enum Target {
     Name(String),
 }
 
-struct Idle<B> {
-    sender: SendRequest<B>,
+struct Idle<B: RequestBody> {
+    conn: Box<Conn<B>>,
     since: Instant,
 }
 
-impl<B> UpstreamPool<B>
+/// One open upstream connection: the handle requests are sent on, and the connection state
+/// machine, which does nothing unless whoever holds the pair polls it.
+struct Conn<B: RequestBody> {
+    sender: SendRequest<B>,
+    driver: http1::Connection<TokioIo<TcpStream>, B>,
+    /// Whom the connection wakes (see [`Relay`]).
+    relay: Arc<Relay>,
+    /// `relay` as the waker the connection is polled with.
+    waker: Waker,
+}
+
+/// The waker a connection is polled with: it passes wake-ups on to the task that last drove
+/// the connection, except while that task is itself doing something that wakes the
+/// connection's waker, which would only poll the whole client connection once more for
+/// nothing: queueing a request (the next drive writes it) and taking a chunk of the response
+/// body (which tells the connection it may read the next one; the task drives the
+/// connection again before it waits). Wake-ups from the socket come while no task runs and
+/// always pass.
+struct Relay {
+    task: Mutex<Waker>,
+    quiet: AtomicBool,
+}
+
+impl Relay {
+    fn register(&self, waker: &Waker) {
+        let mut task = self.task.lock().unwrap_or_else(PoisonError::into_inner);
+        if !task.will_wake(waker) {
+            task.clone_from(waker);
+        }
+    }
+
+    /// Runs `f` with wake-ups dropped.
+    fn quietly<T>(&self, f: impl FnOnce() -> T) -> T {
+        self.quiet.store(true, Ordering::Relaxed);
+        let out = f();
+        self.quiet.store(false, Ordering::Relaxed);
+        out
+    }
+}
+
+impl std::task::Wake for Relay {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if !self.quiet.load(Ordering::Relaxed) {
+            self.task
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .wake_by_ref();
+        }
+    }
+}
+
+impl<B: RequestBody> Conn<B>
 where
-    B: Body + Send + 'static,
-    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn new(sender: SendRequest<B>, driver: http1::Connection<TokioIo<TcpStream>, B>) -> Self {
+        let relay = Arc::new(Relay {
+            task: Mutex::new(Waker::noop().clone()),
+            quiet: AtomicBool::new(false),
+        });
+        Self {
+            sender,
+            driver,
+            waker: Waker::from(relay.clone()),
+            relay,
+        }
+    }
+
+    /// Lets the connection read and write what it can, then wake `cx`'s task when it can do
+    /// more; `true` once it has ended (closed by either side, or broken). An ended connection
+    /// must be dropped: that is what hands a request it never sent back to its sender.
+    fn drive(&mut self, cx: &Context<'_>) -> bool {
+        self.relay.register(cx.waker());
+        poll_driver(&mut self.driver, &mut Context::from_waker(&self.waker))
+    }
+
+    /// Like [`drive`](Self::drive), for nobody to wake (the connection is idle).
+    fn drive_idle(&mut self) -> bool {
+        poll_driver(&mut self.driver, &mut Context::from_waker(Waker::noop()))
+    }
+
+    /// `true` if the connection is open and ready for the next request. Usually the drive that
+    /// read the end of the response has left it so; otherwise it gets one more poll.
+    fn is_reusable(&mut self) -> bool {
+        self.sender.is_ready() || (!self.drive_idle() && self.sender.is_ready())
+    }
+}
+
+/// Polls a connection; `true` once it has ended.
+fn poll_driver<B: RequestBody>(
+    driver: &mut http1::Connection<TokioIo<TcpStream>, B>,
+    cx: &mut Context<'_>,
+) -> bool
+where
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    match Pin::new(driver).poll(cx) {
+        Poll::Pending => false,
+        Poll::Ready(Ok(())) => true,
+        Poll::Ready(Err(e)) => {
+            debug!(error = %e, "upstream connection ended with an error");
+            true
+        }
+    }
+}
+
+/// How a request's connection is driven while the exchange lasts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// From the caller's task, then from the response body.
+    InTask,
+    /// By a task of its own, which returns the connection to the pool afterwards.
+    Detached,
+    /// By a task of its own that completes a protocol upgrade; never reused.
+    Upgrade,
+}
+
+impl<B: RequestBody> UpstreamPool<B>
+where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     pub fn new(config: &UpstreamConfig) -> Self {
@@ -110,8 +257,35 @@ where
         }
     }
 
-    /// Sends `request` (origin-form URI, `Host` set) on a pooled or new connection.
-    pub async fn send(&self, mut request: Request<B>) -> Result<Response<Incoming>, SendError> {
+    /// Sends a request without a body (origin-form URI, `Host` set) on a pooled or new
+    /// connection driven from the caller's task. The connection returns to the pool when the
+    /// response body has been read to its end; dropping the body earlier closes it.
+    pub async fn send(&self, request: Request<B>) -> Result<Response<PooledBody<B>>, SendError> {
+        self.exchange(request, Mode::InTask).await
+    }
+
+    /// Sends a request whose body is still streaming in; the connection is driven by a task of
+    /// its own, so the upload and the response flow independently.
+    pub async fn send_detached(
+        &self,
+        request: Request<B>,
+    ) -> Result<Response<PooledBody<B>>, SendError> {
+        self.exchange(request, Mode::Detached).await
+    }
+
+    /// Sends an upgrade request (WebSocket); after a `101` the connection belongs to the tunnel.
+    pub async fn send_upgrade(
+        &self,
+        request: Request<B>,
+    ) -> Result<Response<PooledBody<B>>, SendError> {
+        self.exchange(request, Mode::Upgrade).await
+    }
+
+    async fn exchange(
+        &self,
+        mut request: Request<B>,
+        mode: Mode,
+    ) -> Result<Response<PooledBody<B>>, SendError> {
         let mut stale = 0;
         loop {
             let reused = if stale < MAX_STALE_CHECKOUTS {
@@ -120,15 +294,17 @@ where
                 None
             };
             let is_reused = reused.is_some();
-            let mut sender = match reused {
-                Some(sender) => sender,
+            let conn = match reused {
+                Some(conn) => conn,
                 None => self.inner.connect().await?,
             };
-            match sender.try_send_request(request).await {
-                Ok(response) => {
-                    self.inner.checkin_when_ready(sender);
-                    return Ok(response);
-                }
+            let sent = match mode {
+                Mode::InTask => self.in_task(conn, request).await,
+                Mode::Detached => self.detached(conn, request).await,
+                Mode::Upgrade => upgrade(conn, request).await,
+            };
+            match sent {
+                Ok(response) => return Ok(response),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) if is_reused => {
                         debug!(error = %e.error(), "pooled upstream connection was closed; sending on another");
@@ -141,6 +317,74 @@ where
         }
     }
 
+    /// Writes the request and reads the response head, polling the connection from this task.
+    async fn in_task(
+        &self,
+        mut conn: Box<Conn<B>>,
+        request: Request<B>,
+    ) -> Result<Response<PooledBody<B>>, TrySendError<Request<B>>> {
+        let sender = &mut conn.sender;
+        let mut response = pin!(conn.relay.quietly(|| sender.try_send_request(request)));
+        let mut conn = Some(conn);
+        // Only a poll of the connection can complete the response, and one always comes right
+        // before: nobody needs waking for it (a wake-up would only re-poll this task).
+        let head = poll_fn(|cx| {
+            if let Some(c) = conn.as_mut()
+                && c.drive(cx)
+            {
+                // Dropping the ended connection settles the response (an unsent request
+                // comes back with it).
+                conn = None;
+            }
+            response
+                .as_mut()
+                .poll(&mut Context::from_waker(Waker::noop()))
+        })
+        .await?;
+        let (parts, body) = head.into_parts();
+        let lease = conn.map(|conn| Lease {
+            conn,
+            pool: self.inner.clone(),
+        });
+        let mut body = PooledBody { inner: body, lease };
+        if body.inner.is_end_stream() {
+            body.release();
+        }
+        Ok(Response::from_parts(parts, body))
+    }
+
+    /// Writes the request from a task of its own, which puts the connection back in the pool
+    /// once the exchange is over.
+    async fn detached(
+        &self,
+        mut conn: Box<Conn<B>>,
+        request: Request<B>,
+    ) -> Result<Response<PooledBody<B>>, TrySendError<Request<B>>> {
+        // Quietly: the last task that drove this connection has nothing to do with it now.
+        let sender = &mut conn.sender;
+        let response = conn.relay.quietly(|| sender.try_send_request(request));
+        let pool = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            // Until the connection ends or wants the next request (response body read, request
+            // body written).
+            let ended = poll_fn(|cx| {
+                if conn.drive(cx) {
+                    Poll::Ready(true)
+                } else if conn.sender.is_ready() {
+                    Poll::Ready(false)
+                } else {
+                    Poll::Pending
+                }
+            })
+            .await;
+            if !ended && let Some(pool) = pool.upgrade() {
+                pool.checkin(conn);
+            }
+        });
+        let response = response.await?;
+        Ok(response.map(|inner| PooledBody { inner, lease: None }))
+    }
+
     /// Idle connections now in the pool.
     #[cfg(test)]
     fn idle_count(&self) -> usize {
@@ -148,10 +392,132 @@ where
     }
 }
 
-impl<B> Inner<B>
+/// Writes an upgrade request on a connection that is then driven by its own task until the
+/// upgrade (or the upstream's refusal of it) is done. The connection is closed afterwards.
+async fn upgrade<B: RequestBody>(
+    conn: Box<Conn<B>>,
+    request: Request<B>,
+) -> Result<Response<PooledBody<B>>, TrySendError<Request<B>>>
 where
-    B: Body + Send + 'static,
-    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let Conn {
+        mut sender,
+        driver,
+        relay,
+        ..
+    } = *conn;
+    // Quietly: the last task that drove this connection has nothing to do with it now.
+    let response = relay.quietly(|| sender.try_send_request(request));
+    tokio::spawn(async move {
+        // `with_upgrades`: a 101 hands the socket to the WebSocket tunnel.
+        if let Err(e) = driver.with_upgrades().await {
+            debug!(error = %e, "upstream connection ended with an error");
+        }
+    });
+    let response = response.await?;
+    // No further request on this connection: it closes once this exchange is done.
+    drop(sender);
+    Ok(response.map(|inner| PooledBody { inner, lease: None }))
+}
+
+/// A connection on loan to one exchange, and the pool it goes back to.
+struct Lease<B: RequestBody> {
+    conn: Box<Conn<B>>,
+    pool: Arc<Inner<B>>,
+}
+
+/// An upstream response body. When its connection is driven from the client's task
+/// ([`UpstreamPool::send`]), reading the body is what moves the connection; the last byte puts
+/// it back in the pool, and dropping the body before then closes it.
+pub struct PooledBody<B: RequestBody> {
+    inner: Incoming,
+    lease: Option<Lease<B>>,
+}
+
+impl<B: RequestBody> PooledBody<B>
+where
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    /// The body is read: the connection goes back to the pool if it is ready for another
+    /// request, and is closed otherwise.
+    fn release(&mut self) {
+        if let Some(mut lease) = self.lease.take()
+            && lease.conn.is_reusable()
+        {
+            lease.pool.checkin(lease.conn);
+        }
+    }
+}
+
+impl<B: RequestBody> Body for PooledBody<B>
+where
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let polled = match this.lease.as_mut() {
+            None => Pin::new(&mut this.inner).poll_frame(cx),
+            Some(lease) => {
+                // Data reaches `inner` only from the connection, polled right here: asking for
+                // it, moving the connection, then taking what arrived needs no wake-up between.
+                let conn = &mut lease.conn;
+                let inner = &mut this.inner;
+                let mut quiet = Context::from_waker(Waker::noop());
+                match conn
+                    .relay
+                    .quietly(|| Pin::new(&mut *inner).poll_frame(&mut quiet))
+                {
+                    Poll::Pending => {
+                        if conn.drive(cx) {
+                            // Ended: what it read is in `inner` already, followed by the end
+                            // or an error.
+                            this.lease = None;
+                            Pin::new(&mut this.inner).poll_frame(cx)
+                        } else {
+                            conn.relay
+                                .quietly(|| Pin::new(&mut *inner).poll_frame(&mut quiet))
+                        }
+                    }
+                    ready => ready,
+                }
+            }
+        };
+        match &polled {
+            Poll::Ready(None) => this.release(),
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.release(),
+            // A broken body leaves the connection in no state for another request.
+            Poll::Ready(Some(Err(_))) => this.lease = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B: RequestBody> std::fmt::Debug for PooledBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PooledBody")
+            .field("pooled", &self.lease.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: RequestBody> Inner<B>
+where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     fn lock(&self) -> MutexGuard<'_, VecDeque<Idle<B>>> {
@@ -162,7 +528,7 @@ where
 
     /// The newest idle connection that is still usable. Older entries than an expired one are
     /// expired too, so the first expired entry ends the search and empties the list.
-    fn checkout(&self) -> Option<SendRequest<B>> {
+    fn checkout(&self) -> Option<Box<Conn<B>>> {
         let now = Instant::now();
         let mut idle = self.lock();
         while let Some(entry) = idle.pop_back() {
@@ -170,32 +536,15 @@ where
                 idle.clear();
                 return None;
             }
-            if entry.sender.is_ready() {
-                return Some(entry.sender);
+            if entry.conn.sender.is_ready() {
+                return Some(entry.conn);
             }
-            // Closed by the upstream while idle: dropped here.
         }
         None
     }
 
-    /// Returns a connection to the pool now if it is ready for another request, or once it is
-    /// (after the response body has been read).
-    fn checkin_when_ready(self: &Arc<Self>, mut sender: SendRequest<B>) {
-        if sender.is_ready() {
-            self.checkin(sender);
-        } else if !sender.is_closed() {
-            let pool = Arc::downgrade(self);
-            tokio::spawn(async move {
-                if sender.ready().await.is_ok()
-                    && let Some(pool) = pool.upgrade()
-                {
-                    pool.checkin(sender);
-                }
-            });
-        }
-    }
-
-    fn checkin(self: &Arc<Self>, sender: SendRequest<B>) {
+    /// Keeps a connection that is ready for its next request, up to `max_idle`.
+    fn checkin(self: &Arc<Self>, conn: Box<Conn<B>>) {
         let now = Instant::now();
         {
             let mut idle = self.lock();
@@ -203,7 +552,7 @@ where
             if idle.len() >= self.max_idle {
                 return;
             }
-            idle.push_back(Idle { sender, since: now });
+            idle.push_back(Idle { conn, since: now });
         }
         if !self.sweeper_started.swap(true, Ordering::Relaxed) {
             // At most ten sweeps a second, however short the idle timeout is configured.
@@ -221,7 +570,7 @@ where
         }
     }
 
-    async fn connect(&self) -> Result<SendRequest<B>, SendError> {
+    async fn connect(&self) -> Result<Box<Conn<B>>, SendError> {
         let stream = tokio::time::timeout(self.connect_timeout, self.open())
             .await
             .map_err(|_| {
@@ -233,24 +582,30 @@ where
             .and_then(|opened| opened)
             .map_err(SendError::Connect)?;
         stream.set_nodelay(true).map_err(SendError::Connect)?;
-        let (mut sender, connection) = http1::Builder::new()
+        let (sender, driver) = http1::Builder::new()
             .max_buf_size(MAX_BUF_SIZE)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(SendError::Protocol)?;
-        tokio::spawn(async move {
-            // `with_upgrades`: a 101 hands the socket to the WebSocket tunnel.
-            if let Err(e) = connection.with_upgrades().await {
-                debug!(error = %e, "upstream connection ended with an error");
-            }
-        });
+        // Boxed: the pair (~700 bytes) moves in and out of the pool and with each response
+        // body as a pointer.
+        let mut conn = Box::new(Conn::new(sender, driver));
         // A connection that dies before it can take a request never reached the upstream's
         // application: that is a connect failure (502 upstream_unavailable), not a broken exchange.
-        sender
-            .ready()
-            .await
-            .map_err(|e| SendError::Connect(io::Error::other(e)))?;
-        Ok(sender)
+        poll_fn(|cx| {
+            if conn.drive(cx) {
+                Poll::Ready(Err(SendError::Connect(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "the upstream closed the connection before it was used",
+                ))))
+            } else if conn.sender.is_ready() {
+                Poll::Ready(Ok(()))
+            } else {
+                Poll::Pending
+            }
+        })
+        .await?;
+        Ok(conn)
     }
 
     /// A TCP connection to the first of the target's addresses that accepts.
@@ -272,11 +627,10 @@ where
     }
 }
 
-/// Closes idle connections past their time, every `period`, for as long as the pool exists.
-async fn sweep<B>(pool: Weak<Inner<B>>, period: Duration)
+/// Every `period`, for as long as the pool exists: drops idle connections past their time and
+/// those the upstream closed (each idle connection is polled once, with nobody to wake).
+async fn sweep<B: RequestBody>(pool: Weak<Inner<B>>, period: Duration)
 where
-    B: Body + Send + 'static,
-    B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut ticks = tokio::time::interval(period);
@@ -287,7 +641,7 @@ where
         let now = Instant::now();
         let mut idle = pool.lock();
         pool.drop_expired(&mut idle, now);
-        idle.retain(|e| !e.sender.is_closed());
+        idle.retain_mut(|e| !e.conn.drive_idle() && e.conn.sender.is_ready());
     }
 }
 
@@ -295,15 +649,18 @@ where
 mod tests {
     use super::*;
     use crate::config::{PositiveDuration, UpstreamUrl};
-    use http_body_util::{BodyExt, Empty};
+    use http_body_util::{BodyExt, Full};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
-    type Pool = UpstreamPool<Empty<bytes::Bytes>>;
+    type Pool = UpstreamPool<Full<Bytes>>;
 
-    /// A keep-alive upstream that answers every request head with `200 ok`, counting accepted
-    /// connections and connections the client closed.
+    /// A keep-alive upstream, counting accepted connections and connections the client closed.
+    /// It answers by path: `/chunked` with a chunked `ok`, `/empty` with a 204, `/close` with
+    /// `ok` and `Connection: close` (then closes), `/big` with 1 MiB, anything else with `ok` (its
+    /// headers only for `HEAD`).
+    /// A request body is read by its `content-length`.
     struct Upstream {
         addr: SocketAddr,
         accepted: Arc<AtomicUsize>,
@@ -315,6 +672,36 @@ mod tests {
         fn drop(&mut self) {
             self.task.abort();
         }
+    }
+
+    fn answer(head: &str) -> Vec<u8> {
+        let path = head.split(' ').nth(1).unwrap_or("/");
+        match path {
+            "/chunked" => {
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+                    .to_vec()
+            }
+            "/empty" => b"HTTP/1.1 204 No Content\r\n\r\n".to_vec(),
+            "/close" => {
+                b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok".to_vec()
+            }
+            "/big" => {
+                let mut big = b"HTTP/1.1 200 OK\r\ncontent-length: 1048576\r\n\r\n".to_vec();
+                big.resize(big.len() + (1 << 20), b'x');
+                big
+            }
+            _ if head.starts_with("HEAD ") => {
+                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n".to_vec()
+            }
+            _ => b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec(),
+        }
+    }
+
+    fn content_length(head: &str) -> usize {
+        head.lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
+            .map_or(0, |(_, v)| v.trim().parse().unwrap())
     }
 
     async fn upstream() -> Upstream {
@@ -340,9 +727,17 @@ mod tests {
                             Ok(n) => buf.extend_from_slice(&chunk[..n]),
                         }
                         while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            buf.drain(..end + 4);
-                            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                            if socket.write_all(answer).await.is_err() {
+                            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                            let length = content_length(&head);
+                            if buf.len() < end + 4 + length {
+                                break; // the rest of the body is still coming
+                            }
+                            buf.drain(..end + 4 + length);
+                            if socket.write_all(&answer(&head)).await.is_err() {
+                                c.fetch_add(1, Ordering::SeqCst);
+                                return;
+                            }
+                            if head.starts_with("GET /close ") {
                                 return;
                             }
                         }
@@ -369,11 +764,20 @@ mod tests {
     }
 
     async fn get(pool: &Pool) -> Result<String, SendError> {
-        let request = Request::get("/")
+        get_path(pool, "/").await
+    }
+
+    fn request(method: &str, path: &str, body: &'static str) -> Request<Full<Bytes>> {
+        Request::builder()
+            .method(method)
+            .uri(path)
             .header("host", "upstream.test")
-            .body(Empty::new())
-            .unwrap();
-        let response = pool.send(request).await?;
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap()
+    }
+
+    async fn get_path(pool: &Pool, path: &str) -> Result<String, SendError> {
+        let response = pool.send(request("GET", path, "")).await?;
         let body = response.into_body().collect().await.unwrap().to_bytes();
         Ok(String::from_utf8(body.to_vec()).unwrap())
     }
@@ -481,5 +885,90 @@ mod tests {
         drop(free);
         let refused = get(&pool(addr, Duration::from_secs(4), 8)).await;
         assert!(matches!(refused, Err(SendError::Connect(_))), "{refused:?}");
+    }
+
+    #[tokio::test]
+    async fn chunked_and_bodiless_responses_return_the_connection() {
+        let up = upstream().await;
+        let pool = pool(up.addr, Duration::from_secs(4), 8);
+        assert_eq!(get_path(&pool, "/chunked").await.unwrap(), "ok");
+        assert_eq!(get_path(&pool, "/empty").await.unwrap(), "");
+        let head = pool.send(request("HEAD", "/", "")).await.unwrap();
+        assert_eq!(head.into_body().collect().await.unwrap().to_bytes(), "");
+        assert_eq!(get(&pool).await.unwrap(), "ok");
+        assert_eq!(up.accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(pool.idle_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_before_its_end_closes_the_connection() {
+        let up = upstream().await;
+        let pool = pool(up.addr, Duration::from_secs(4), 8);
+        let mut body = pool
+            .send(request("GET", "/big", ""))
+            .await
+            .unwrap()
+            .into_body();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert!(!first.is_empty() && first.len() < 1 << 20);
+        drop(body);
+        assert_eq!(wait_for(&up.closed_by_client, 1).await, 1);
+        assert_eq!(pool.idle_count(), 0);
+        assert_eq!(get(&pool).await.unwrap(), "ok");
+        assert_eq!(up.accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_big_body_read_to_its_end_returns_the_connection() {
+        let up = upstream().await;
+        let pool = pool(up.addr, Duration::from_secs(4), 8);
+        let body = get_path(&pool, "/big").await.unwrap();
+        assert_eq!(body.len(), 1 << 20);
+        assert_eq!(get(&pool).await.unwrap(), "ok");
+        assert_eq!(up.accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn connection_close_is_honoured() {
+        let up = upstream().await;
+        let pool = pool(up.addr, Duration::from_secs(4), 8);
+        assert_eq!(get_path(&pool, "/close").await.unwrap(), "ok");
+        assert_eq!(pool.idle_count(), 0);
+        assert_eq!(get(&pool).await.unwrap(), "ok");
+        assert_eq!(up.accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_request_with_a_body_returns_its_connection_after_the_exchange() {
+        let up = upstream().await;
+        let pool = pool(up.addr, Duration::from_secs(4), 8);
+        for _ in 0..3 {
+            let response = pool
+                .send_detached(request("POST", "/", "hello"))
+                .await
+                .unwrap();
+            assert_eq!(
+                response.into_body().collect().await.unwrap().to_bytes(),
+                "ok"
+            );
+            settle().await;
+        }
+        assert_eq!(get(&pool).await.unwrap(), "ok");
+        assert_eq!(up.accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn an_upgrade_connection_is_not_reused() {
+        let up = upstream().await;
+        let pool = pool(up.addr, Duration::from_secs(4), 8);
+        // The upstream declines (200, not 101): the connection is closed, not pooled.
+        let response = pool.send_upgrade(request("GET", "/", "")).await.unwrap();
+        assert_eq!(
+            response.into_body().collect().await.unwrap().to_bytes(),
+            "ok"
+        );
+        assert_eq!(wait_for(&up.closed_by_client, 1).await, 1);
+        assert_eq!(get(&pool).await.unwrap(), "ok");
+        assert_eq!(up.accepted.load(Ordering::SeqCst), 2);
     }
 }
