@@ -2,6 +2,7 @@
 //! error into its response (through [`ProxyError::to_response`], the only place that happens),
 //! logs it, and attaches the access log.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -100,11 +101,13 @@ impl App {
         self.limits.check_forward(request.uri().path(), ip)
     }
 
+    /// Answers one request. Never fails: every error is a response (the `Result` is the shape
+    /// hyper's service wants).
     pub async fn handle(
         self: Arc<Self>,
         mut request: Request<Incoming>,
         conn: ClientConn,
-    ) -> Response<LoggedBody> {
+    ) -> Result<Response<LoggedBody>, Infallible> {
         let started = Instant::now();
         let request_id = self.request_ids.assign(request.headers_mut());
         let mut entry = AccessEntry::start(request.method(), request.uri().path(), started);
@@ -181,7 +184,7 @@ impl App {
         if let Some(e) = entry.as_mut() {
             e.status = response.status();
         }
-        response.map(|body| LoggedBody::new(body, entry))
+        Ok(response.map(|body| LoggedBody::new(body, entry)))
     }
 }
 

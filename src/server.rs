@@ -1,7 +1,6 @@
 //! The accept loop: TLS handshakes, per-connection timeouts, HTTP/1.1 and HTTP/2 serving, and
 //! the graceful drain on shutdown. Routing decisions are the router's.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -180,8 +179,9 @@ async fn serve_connection<I>(
         let requested = requested.clone();
         move |request| {
             requested.store(true, Ordering::Relaxed);
-            let app = app.clone();
-            async move { Ok::<_, Infallible>(app.handle(request, conn).await) }
+            // `handle`'s own future, not an `async` block around it: the block would hold that
+            // future (several KiB) a second time, and hyper moves this one once per request.
+            app.clone().handle(request, conn)
         }
     });
     let connection =
