@@ -296,7 +296,9 @@ where
             let is_reused = reused.is_some();
             let conn = match reused {
                 Some(conn) => conn,
-                None => self.inner.connect().await?,
+                // Boxed: opening a connection is rare, and its future is the largest state of
+                // this one, which every request moves through the layers above.
+                None => Box::pin(self.inner.connect()).await?,
             };
             let sent = match mode {
                 Mode::InTask => self.in_task(conn, request).await,

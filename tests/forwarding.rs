@@ -803,9 +803,32 @@ async fn an_upstream_dying_mid_response_is_an_error_for_the_client_not_a_short_b
     // short body that ends cleanly.
     for path in ["/_t/truncate?length=5000", "/_t/truncate"] {
         for version in ["h1", "h2"] {
-            let response = match version {
-                "h1" => client.h1(get(path)).await,
-                _ => client.h2(h2_get(path)).await,
+            // When the proxy reads the head, the cut body and the upstream's close in one go,
+            // the failure can overtake the response head: the request itself then fails (the
+            // connection closes, or the HTTP/2 stream is reset), which tells the client just as
+            // clearly that nothing whole came back.
+            let sent = match version {
+                "h1" => {
+                    let mut h1 = client.h1_conn().await;
+                    tokio::time::timeout(STEP, h1.send_request(get(path))).await
+                }
+                _ => {
+                    let mut h2 = client.h2_conn().await;
+                    tokio::time::timeout(STEP, h2.send_request(h2_get(path))).await
+                }
+            };
+            let response = match sent.expect("an answer in time") {
+                Ok(response) => response,
+                Err(e) => {
+                    let failure = format!("{e:?}");
+                    assert!(
+                        ["Reset", "UnexpectedEof", "IncompleteMessage"]
+                            .iter()
+                            .any(|cut| failure.contains(cut)),
+                        "{version} {path}: {failure}"
+                    );
+                    continue;
+                }
             };
             assert_eq!(response.status(), StatusCode::OK, "{version} {path}");
             let read = tokio::time::timeout(STEP, response.into_body().collect())
