@@ -274,6 +274,12 @@ server.listen(Number(process.env.PORT || 0), '127.0.0.1', () => {
   process.stdout.write(JSON.stringify({ port: server.address().port }) + '\n');
 });
 // Stop when the test that started us goes away (stdin closes), so no process outlives a run.
-process.stdin.on('end', () => process.exit(0));
-process.stdin.on('error', () => process.exit(0));
-process.stdin.resume();
+// Only a pipe is watched: started by hand with `&`, stdin is a terminal (reading it from the
+// background would stop the process) or /dev/null (at end at once).
+let stdinIsPipe = false;
+try { stdinIsPipe = require('fs').fstatSync(0).isFIFO(); } catch (_) {}
+if (stdinIsPipe) {
+  process.stdin.on('end', () => process.exit(0));
+  process.stdin.on('error', () => process.exit(0));
+  process.stdin.resume();
+}
