@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
@@ -401,20 +401,23 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 
 /// Removes the hop-by-hop headers and every header the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the names finds the few present (often none; Node's responses carry
-    // `Connection` and `Keep-Alive`): cheaper than six hashed removals (bench/callgrind.sh).
+    // One pass over the fields finds the few present (often none; Node's responses carry
+    // `Connection: keep-alive` and `Keep-Alive`): cheaper than six hashed removals, and the
+    // usual `Connection` value is recognised without splitting it (bench/callgrind.sh).
     let mut present = [false; HOP_BY_HOP.len()];
-    for name in headers.keys() {
+    let mut names_others = false;
+    for (name, value) in headers.iter() {
         if let Some(i) = hop_by_hop_index(name) {
             present[i] = true;
+            names_others |= i == 0 && !names_only_listed(value);
         }
     }
     if !present.contains(&true) {
         return;
     }
-    if present[0] {
-        // Usually `keep-alive` or `upgrade`, removed below anyway; only other names cost a
-        // parse and a removal (`close` too: RFC 9110 §7.6.1 removes a field of that name).
+    if names_others {
+        // Any name but the listed ones costs a parse and a removal (`close` too: RFC 9110
+        // §7.6.1 removes a field of that name).
         let named: Vec<HeaderName> = connection_tokens(headers)
             .filter(|t| !is_listed_hop_by_hop(t))
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
@@ -426,6 +429,19 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, here)| *here) {
         headers.remove(name);
     }
+}
+
+/// `true` when a `Connection` value names only headers [`HOP_BY_HOP`] removes anyway: the
+/// usual single `keep-alive` or `upgrade` is matched whole, anything else token by token.
+fn names_only_listed(value: &HeaderValue) -> bool {
+    let bytes = value.as_bytes();
+    bytes.eq_ignore_ascii_case(b"keep-alive")
+        || bytes.eq_ignore_ascii_case(b"upgrade")
+        || value.to_str().is_ok_and(|v| {
+            v.split(',')
+                .map(str::trim)
+                .all(|t| t.is_empty() || is_listed_hop_by_hop(t))
+        })
 }
 
 /// The position of `name` in [`HOP_BY_HOP`]. The length picks the one candidate, so a
@@ -492,16 +508,27 @@ pub fn prepare_request_headers(
 /// Appends the client address to `X-Forwarded-For`, folding repeated header lines into one.
 fn append_forwarded_for(headers: &mut HeaderMap, ip: IpAddr) {
     let mut value = Vec::with_capacity(48);
-    for existing in headers.get_all(&X_FORWARDED_FOR) {
-        if let Ok(s) = existing.to_str() {
-            value.extend_from_slice(s.trim().as_bytes());
-            value.extend_from_slice(b", ");
+    // One hashed lookup for reading the client's lines and replacing them.
+    let entry = headers.entry(&X_FORWARDED_FOR);
+    if let Entry::Occupied(sent) = &entry {
+        for existing in sent.iter() {
+            if let Ok(s) = existing.to_str() {
+                value.extend_from_slice(s.trim().as_bytes());
+                value.extend_from_slice(b", ");
+            }
         }
     }
     push_ip(&mut value, ip.to_canonical());
     // Built from valid header values and an IP address: always a valid header value.
     if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
+        match entry {
+            Entry::Occupied(mut sent) => {
+                sent.insert(v);
+            }
+            Entry::Vacant(missing) => {
+                missing.insert(v);
+            }
+        }
     }
 }
 
@@ -628,6 +655,48 @@ mod tests {
         strip_hop_by_hop(&mut h);
         let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["x-kept"]);
+    }
+
+    #[test]
+    fn a_plain_keep_alive_line_does_not_hide_a_second_connection_line() {
+        // The whole-value match for `keep-alive` must not skip the other lines' options.
+        let mut h = HeaderMap::new();
+        h.append("connection", "Keep-Alive".parse().unwrap());
+        h.append("connection", "upgrade, , TE".parse().unwrap());
+        h.append("connection", "x-second".parse().unwrap());
+        h.append("x-second", "1".parse().unwrap());
+        h.append("x-kept", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-kept"]);
+
+        let mut h = HeaderMap::new();
+        h.append("connection", "keep-alive".parse().unwrap());
+        h.append("keep-alive", "timeout=5".parse().unwrap());
+        h.append("content-length", "2".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["content-length"]);
+    }
+
+    #[test]
+    fn forwarded_for_folds_the_clients_lines_and_appends_the_peer() {
+        let peer: IpAddr = "192.0.2.7".parse().unwrap();
+        let mut h = HeaderMap::new();
+        append_forwarded_for(&mut h, peer);
+        assert_eq!(
+            h.get_all(&X_FORWARDED_FOR).iter().collect::<Vec<_>>(),
+            ["192.0.2.7"]
+        );
+
+        let mut h = HeaderMap::new();
+        h.append(&X_FORWARDED_FOR, " 203.0.113.9 ".parse().unwrap());
+        h.append(&X_FORWARDED_FOR, "198.51.100.1, 10.0.0.1".parse().unwrap());
+        append_forwarded_for(&mut h, "::ffff:192.0.2.7".parse().unwrap());
+        assert_eq!(
+            h.get_all(&X_FORWARDED_FOR).iter().collect::<Vec<_>>(),
+            ["203.0.113.9, 198.51.100.1, 10.0.0.1, 192.0.2.7"]
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
@@ -56,14 +56,27 @@ impl Default for RequestIds {
 impl RequestIds {
     /// The id for this request, written into its headers so the upstream sees the same one.
     fn assign(&self, headers: &mut HeaderMap) -> HeaderValue {
-        if let Some(id) = headers.get(&X_REQUEST_ID)
-            && is_sane_request_id(id.as_bytes())
-            && headers.get_all(&X_REQUEST_ID).iter().count() == 1
-        {
-            return id.clone();
+        // One hashed lookup whether the client sent an id or not.
+        match headers.entry(&X_REQUEST_ID) {
+            Entry::Occupied(mut sent) => {
+                let mut values = sent.iter();
+                if let (Some(id), None) = (values.next(), values.next())
+                    && is_sane_request_id(id.as_bytes())
+                {
+                    return id.clone();
+                }
+                // Replaces every line the client sent.
+                let id = self.generate();
+                sent.insert(id.clone());
+                id
+            }
+            Entry::Vacant(missing) => missing.insert(self.generate()).clone(),
         }
+    }
+
+    /// `<prefix>-<n in hex>`, written without the formatting machinery (per request).
+    fn generate(&self) -> HeaderValue {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        // `<prefix>-<n in hex>`, written without the formatting machinery (per request).
         let mut text = Vec::with_capacity(self.prefix.len() + 17);
         text.extend_from_slice(self.prefix.as_bytes());
         text.push(b'-');
@@ -71,10 +84,8 @@ impl RequestIds {
         for shift in (0..digits).rev() {
             text.push(b"0123456789abcdef"[(n >> (shift * 4)) as usize & 0xf]);
         }
-        let id = HeaderValue::from_maybe_shared(Bytes::from(text))
-            .unwrap_or_else(|_| HeaderValue::from_static("invalid"));
-        headers.insert(X_REQUEST_ID.clone(), id.clone());
-        id
+        HeaderValue::from_maybe_shared(Bytes::from(text))
+            .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
     }
 }
 
@@ -279,6 +290,29 @@ mod tests {
             ids.next.store(n, Ordering::Relaxed);
             let id = ids.assign(&mut HeaderMap::new());
             assert_eq!(id, format!("0a1b2c3d4e5f-{n:x}").as_str());
+        }
+    }
+
+    #[test]
+    fn a_sane_client_id_is_kept_and_anything_else_replaced_by_one_line() {
+        let ids = RequestIds {
+            prefix: "p".into(),
+            next: AtomicU64::new(7),
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(&X_REQUEST_ID, HeaderValue::from_static("client-id.1:a_b"));
+        assert_eq!(ids.assign(&mut headers), "client-id.1:a_b");
+        assert_eq!(headers.get_all(&X_REQUEST_ID).iter().count(), 1);
+
+        for sent in [&["two", "lines"][..], &["spaces are not sane"], &[""]] {
+            let mut headers = HeaderMap::new();
+            for value in sent {
+                headers.append(&X_REQUEST_ID, HeaderValue::from_static(value));
+            }
+            let id = ids.assign(&mut headers);
+            assert!(id.to_str().unwrap().starts_with("p-"), "{sent:?}: {id:?}");
+            let lines: Vec<_> = headers.get_all(&X_REQUEST_ID).iter().collect();
+            assert_eq!(lines, [id], "{sent:?}");
         }
     }
 }
