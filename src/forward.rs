@@ -190,14 +190,13 @@ impl Forwarder {
         request: Request<UpstreamBody>,
         upgrade: bool,
     ) -> Result<Response<UpstreamResponseBody>, ProxyError> {
-        let sent = async {
-            if upgrade {
-                self.pool.send_upgrade(request).await
-            } else {
-                self.pool.send(request).await
-            }
+        let timeout = self.response_timeout;
+        let sent = if upgrade {
+            tokio::time::timeout(timeout, self.pool.send_upgrade(request)).await
+        } else {
+            tokio::time::timeout(timeout, self.pool.send(request)).await
         };
-        match tokio::time::timeout(self.response_timeout, sent).await {
+        match sent {
             Err(_) => Err(ProxyError::UpstreamTimeout(self.response_timeout)),
             Ok(result) => upstream_result(result),
         }

@@ -260,25 +260,29 @@ where
     /// Sends a request without a body (origin-form URI, `Host` set) on a pooled or new
     /// connection driven from the caller's task. The connection returns to the pool when the
     /// response body has been read to its end; dropping the body earlier closes it.
-    pub async fn send(&self, request: Request<B>) -> Result<Response<PooledBody<B>>, SendError> {
-        self.exchange(request, Mode::InTask).await
+    pub fn send(
+        &self,
+        request: Request<B>,
+    ) -> impl Future<Output = Result<Response<PooledBody<B>>, SendError>> + '_ {
+        // Not an `async fn`: a wrapper layer would move the request and the response once more.
+        self.exchange(request, Mode::InTask)
     }
 
     /// Sends a request whose body is still streaming in; the connection is driven by a task of
     /// its own, so the upload and the response flow independently.
-    pub async fn send_detached(
+    pub fn send_detached(
         &self,
         request: Request<B>,
-    ) -> Result<Response<PooledBody<B>>, SendError> {
-        self.exchange(request, Mode::Detached).await
+    ) -> impl Future<Output = Result<Response<PooledBody<B>>, SendError>> + '_ {
+        self.exchange(request, Mode::Detached)
     }
 
     /// Sends an upgrade request (WebSocket); after a `101` the connection belongs to the tunnel.
-    pub async fn send_upgrade(
+    pub fn send_upgrade(
         &self,
         request: Request<B>,
-    ) -> Result<Response<PooledBody<B>>, SendError> {
-        self.exchange(request, Mode::Upgrade).await
+    ) -> impl Future<Output = Result<Response<PooledBody<B>>, SendError>> + '_ {
+        self.exchange(request, Mode::Upgrade)
     }
 
     async fn exchange(
