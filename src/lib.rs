@@ -409,13 +409,20 @@ fn prepare_dev_material(config: &mut Config) -> Result<(), StartError> {
             if let Some(dir) = path.parent() {
                 let _ = std::fs::create_dir_all(dir);
             }
-            tls::write_private(&path, secret.as_bytes()).map_err(|e| ConfigError {
-                origin: path.display().to_string(),
-                message: format!("cannot write the dev Stream secret: {e}"),
-            })?;
-            warn!(path = %path.display(),
-                "generated a random dev Stream secret: tokens work with this proxy but Stream will \
-                 reject them; set STREAM_API_SECRET to your app's secret for real calls");
+            match tls::write_private(&path, secret.as_bytes()) {
+                Ok(()) => warn!(path = %path.display(),
+                    "generated a random dev Stream secret: tokens work with this proxy but Stream \
+                     will reject them; set STREAM_API_SECRET to your app's secret for real calls"),
+                // Another instance published one first, whole: read that one below.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => {
+                    return Err(ConfigError {
+                        origin: path.display().to_string(),
+                        message: format!("cannot write the dev Stream secret: {e}"),
+                    }
+                    .into());
+                }
+            }
         }
         let secret = config::read_secret_file(&path).map_err(|e| ConfigError {
             origin: path.display().to_string(),

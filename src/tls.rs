@@ -207,8 +207,29 @@ pub fn ensure_dev_certificate(cert_path: &Path, key_path: &Path) -> Result<bool,
     Ok(true)
 }
 
-/// Writes a file readable by its owner only (private keys).
+/// Writes a file readable by its owner only (private keys). Fails with `AlreadyExists` if
+/// `path` exists. The contents are written to a temporary file first and published whole (a
+/// hard link), so a process that finds `path`, e.g. `dev-token` started while the proxy is
+/// generating its dev key, never reads half a key.
 pub fn write_private(path: &Path, contents: &[u8]) -> io::Result<()> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let mut temp = path.as_os_str().to_owned();
+    temp.push(format!(".tmp-{}-{nanos}", std::process::id()));
+    let temp = std::path::PathBuf::from(temp);
+    create_private(&temp, contents)?;
+    let published = std::fs::hard_link(&temp, path);
+    let _ = std::fs::remove_file(&temp);
+    match published {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(e),
+        // A filesystem without hard links: write in place.
+        Err(_) => create_private(path, contents),
+    }
+}
+
+fn create_private(path: &Path, contents: &[u8]) -> io::Result<()> {
     use std::io::Write;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
@@ -240,6 +261,27 @@ mod tests {
             use std::os::unix::fs::PermissionsExt;
             let mode = std::fs::metadata(&key).unwrap().permissions().mode();
             assert_eq!(mode & 0o077, 0, "the key is private to its owner");
+        }
+    }
+
+    #[test]
+    fn private_files_are_published_whole_and_never_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        write_private(&path, b"first").unwrap();
+        let err = write_private(&path, b"second").unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(&path).unwrap(), b"first");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["secret"], "no temporary files left behind");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0);
         }
     }
 

@@ -50,8 +50,13 @@ pub fn ensure_dev_signing_key(path: &Path) -> Result<bool, DevKeyError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
     }
-    write_private(path, key.serialize_pem().as_bytes()).map_err(|e| fail(e.to_string()))?;
-    Ok(true)
+    match write_private(path, key.serialize_pem().as_bytes()) {
+        Ok(()) => Ok(true),
+        // Another process (the proxy and `dev-token` started together) published its key
+        // first, whole: use that one.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(fail(e.to_string())),
+    }
 }
 
 impl DevSigner {
@@ -185,5 +190,25 @@ mod tests {
             !format!("{signer:?}").contains("PRIVATE"),
             "Debug shows no key material"
         );
+    }
+
+    #[test]
+    fn racing_first_runs_share_one_whole_key() {
+        // The proxy and `dev-token` started together both find no key and both generate one.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("certs").join("dev.pem");
+        let generated: Vec<bool> = std::thread::scope(|scope| {
+            let racers: Vec<_> = (0..4)
+                .map(|_| scope.spawn(|| ensure_dev_signing_key(&path).unwrap()))
+                .collect();
+            racers.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        assert!(generated.contains(&true), "{generated:?}");
+        DevSigner::load(&path).unwrap();
+        let left: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["dev.pem"], "no temporary files left behind");
     }
 }
