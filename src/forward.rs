@@ -96,9 +96,10 @@ impl Forwarder {
         mut request: Request<Incoming>,
         conn: ClientConn,
     ) -> Result<Forwarded, ProxyError> {
+        let codings = transfer_codings(request.headers());
         // hyper undoes only `chunked`; any other transfer coding would reach the upstream still
         // applied but no longer announced (Transfer-Encoding is hop-by-hop). RFC 9112 §6.1: 501.
-        if has_foreign_transfer_coding(request.headers()) {
+        if codings.foreign {
             return Err(ProxyError::NotImplemented(
                 "a transfer coding other than chunked",
             ));
@@ -106,7 +107,7 @@ impl Forwarder {
         // RFC 9112 §6.1: chunked is applied at most once. hyper undoes one layer; the second
         // would reach the upstream as body bytes, and what follows the first last-chunk would
         // be read as the client's next request.
-        if chunked_count(request.headers()) > 1 {
+        if codings.chunked > 1 {
             return Err(ProxyError::BadRequest(
                 "the chunked transfer coding is applied more than once",
             ));
@@ -197,7 +198,7 @@ impl Forwarder {
             tokio::time::timeout(timeout, self.pool.send(request)).await
         };
         match sent {
-            Err(_) => Err(ProxyError::UpstreamTimeout(self.response_timeout)),
+            Err(_) => Err(ProxyError::UpstreamTimeout(timeout)),
             Ok(result) => upstream_result(result),
         }
     }
@@ -367,24 +368,33 @@ fn check_host<B>(request: &Request<B>) -> Result<(), String> {
     }
 }
 
-/// `true` when `Transfer-Encoding` names a coding other than `chunked` (e.g. `gzip, chunked`).
-fn has_foreign_transfer_coding(headers: &HeaderMap) -> bool {
-    headers
+/// What the `Transfer-Encoding` lines (all of them, one lookup) ask for.
+struct TransferCodings {
+    /// A coding other than `chunked` is named.
+    foreign: bool,
+    /// How many times `chunked` is named.
+    chunked: usize,
+}
+
+fn transfer_codings(headers: &HeaderMap) -> TransferCodings {
+    let mut codings = TransferCodings {
+        foreign: false,
+        chunked: 0,
+    };
+    let named = headers
         .get_all(header::TRANSFER_ENCODING)
         .iter()
         .flat_map(|v| v.as_bytes().split(|&b| b == b','))
         .map(|coding| coding.trim_ascii())
-        .any(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case(b"chunked"))
-}
-
-/// How many times `Transfer-Encoding` (all its lines) names `chunked`.
-fn chunked_count(headers: &HeaderMap) -> usize {
-    headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .filter(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"))
-        .count()
+        .filter(|coding| !coding.is_empty());
+    for coding in named {
+        if coding.eq_ignore_ascii_case(b"chunked") {
+            codings.chunked += 1;
+        } else {
+            codings.foreign = true;
+        }
+    }
+    codings
 }
 
 /// The comma-separated tokens of every `Connection` header.
@@ -799,7 +809,7 @@ mod tests {
             for v in values {
                 h.append("transfer-encoding", v.parse().unwrap());
             }
-            has_foreign_transfer_coding(&h)
+            transfer_codings(&h).foreign
         };
         assert!(!te(&[]));
         assert!(!te(&["chunked"]));
@@ -816,7 +826,7 @@ mod tests {
             for v in values {
                 h.append("transfer-encoding", v.parse().unwrap());
             }
-            chunked_count(&h)
+            transfer_codings(&h).chunked
         };
         assert_eq!(count(&[]), 0);
         assert_eq!(count(&["chunked"]), 1);

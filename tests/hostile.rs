@@ -58,12 +58,7 @@ impl Fixture {
         for (name, request) in cases {
             let (exchange, seen) = self.probe(request.as_ref()).await;
             if exchange.status() != Some(400) || !exchange.closed || !seen.is_empty() {
-                failures.push(format!(
-                    "{name}: status {:?}, closed {}, Node saw {seen:?}; got {:?}",
-                    exchange.status(),
-                    exchange.closed,
-                    exchange.text()
-                ));
+                failures.push(exchange.describe(name, &seen));
             }
         }
         assert_no_failures(failures);
@@ -138,6 +133,16 @@ impl Exchange {
     fn text(&self) -> String {
         let text = String::from_utf8_lossy(&self.bytes);
         text.chars().take(300).collect()
+    }
+
+    /// A failure line: what the proxy answered, whether it closed, and what reached Node.
+    fn describe(&self, name: &str, seen: &[Seen]) -> String {
+        format!(
+            "{name}: status {:?}, closed {}, Node saw {seen:?}; got {:?}",
+            self.status(),
+            self.closed,
+            self.text()
+        )
     }
 }
 
@@ -376,12 +381,7 @@ async fn a_malformed_chunked_body_never_completes_at_node() {
         let code = exchange.response().map(|r| r.json()["error"].clone());
         let status_ok = exchange.status() == Some(400) && code == Some("bad_request".into());
         if !completed.is_empty() || seen.len() > 1 || !exchange.closed || !status_ok {
-            failures.push(format!(
-                "{name}: status {:?}, closed {}, Node saw {seen:?}; got {:?}",
-                exchange.status(),
-                exchange.closed,
-                exchange.text()
-            ));
+            failures.push(exchange.describe(name, &seen));
         }
     }
     assert_no_failures(failures);
