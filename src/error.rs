@@ -15,6 +15,7 @@ use http::{Response, StatusCode};
 use crate::auth::AuthError;
 use crate::body::ProxyBody;
 use crate::limits::Limited;
+use crate::path::AmbiguousPath;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -49,6 +50,8 @@ pub enum ProxyError {
     UpstreamProtocol(#[source] BoxError),
     #[error("request target cannot be forwarded: {0}")]
     BadTarget(String),
+    #[error("{0}")]
+    AmbiguousPath(AmbiguousPath),
     #[error("method {0} is not allowed here")]
     MethodNotAllowed(http::Method, &'static str),
     #[error("{0} is not supported by this proxy")]
@@ -76,7 +79,9 @@ impl ProxyError {
         match self {
             Self::UpstreamConnect(_) | Self::UpstreamProtocol(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            Self::BadTarget(_) | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::BadTarget(_) | Self::BadRequest(_) | Self::AmbiguousPath(_) => {
+                StatusCode::BAD_REQUEST
+            }
             Self::MethodNotAllowed(..) => StatusCode::METHOD_NOT_ALLOWED,
             Self::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             Self::Auth(AuthError::UnauthorizedParty { .. }) => StatusCode::FORBIDDEN,
@@ -96,7 +101,7 @@ impl ProxyError {
             Self::UpstreamConnect(_) => "upstream_unavailable",
             Self::UpstreamTimeout(_) => "upstream_timeout",
             Self::UpstreamProtocol(_) => "bad_gateway",
-            Self::BadTarget(_) | Self::BadRequest(_) => "bad_request",
+            Self::BadTarget(_) | Self::BadRequest(_) | Self::AmbiguousPath(_) => "bad_request",
             Self::MethodNotAllowed(..) => "method_not_allowed",
             Self::NotImplemented(_) => "not_implemented",
             Self::Auth(e) => e.code(),
@@ -116,6 +121,7 @@ impl ProxyError {
             Self::UpstreamTimeout(_) => "The backend server did not answer in time.",
             Self::UpstreamProtocol(_) => "The backend server closed the connection unexpectedly.",
             Self::BadTarget(_) => "The request target cannot be forwarded.",
+            Self::AmbiguousPath(_) => "The request path must not start with // or /\\.",
             Self::MethodNotAllowed(..) => "This method is not allowed here.",
             Self::NotImplemented(_) => "This proxy does not support that feature of the request.",
             Self::Auth(e) => auth_message(e),

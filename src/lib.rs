@@ -28,6 +28,7 @@ pub mod error;
 pub mod forward;
 pub mod limits;
 pub mod metrics;
+pub mod path;
 pub mod reload;
 mod router;
 mod server;

@@ -448,11 +448,13 @@ async fn other_methods_get_405_and_other_spellings_of_the_path_never_reach_node(
     let before = body_json(client.h1(get("/_t/stats")).await).await["requests"]
         .as_u64()
         .unwrap();
-    for path in [
-        "/api/stream/token/",
-        "/API/STREAM/TOKEN",
-        "//api/stream/token",
-        "/api/stream/%74oken",
+    // A leading `//` is refused outright: Node's URL parser would read a host there.
+    for (path, status) in [
+        ("/api/stream/token/", StatusCode::UNAUTHORIZED),
+        ("/API/STREAM/TOKEN", StatusCode::UNAUTHORIZED),
+        ("//api/stream/token", StatusCode::BAD_REQUEST),
+        ("/api/stream/%74oken", StatusCode::UNAUTHORIZED),
+        ("/api\\stream\\token", StatusCode::UNAUTHORIZED),
     ] {
         let request = Request::post(path)
             .header("host", "localhost")
@@ -460,11 +462,7 @@ async fn other_methods_get_405_and_other_spellings_of_the_path_never_reach_node(
             .body(full(r#"{"userId":"victim"}"#))
             .unwrap();
         let response = client.h1(request).await;
-        assert_eq!(
-            response.status(),
-            StatusCode::UNAUTHORIZED,
-            "{path} is answered by the proxy"
-        );
+        assert_eq!(response.status(), status, "{path} is answered by the proxy");
     }
     let after = body_json(client.h1(get("/_t/stats")).await).await["requests"]
         .as_u64()

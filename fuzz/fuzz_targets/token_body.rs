@@ -7,11 +7,12 @@
 //!   JSON object (serde_json's `Value` as the model); `check_body_user` lets through an absent or
 //!   null `userId` or the session's own id, answers `user_mismatch` for another string and
 //!   `bad_request` for any other type;
-//! - path: the answer does not change with ASCII case, with a trailing `/` appended or a leading
-//!   `/` prepended; the exact spellings `/api/stream/token` (any case, trailing slash) are
-//!   always caught; for paths without `%` and `.` a plain segment model agrees; and spellings
-//!   generated from the input (case, `%XX` with either hex case, extra slashes, `./` and
-//!   `seg/../`) of the token path are always caught.
+//! - path: the answer does not change with ASCII case, with a trailing `/` appended, or with
+//!   `\` read as `/`; a path starting with `//` or `/\` is never the token route (it is
+//!   refused); the exact spellings `/api/stream/token` (any case, trailing slash) are always
+//!   caught; for paths without `%`, `.`, `;` and `\` a plain segment model agrees; and
+//!   spellings generated from the input (case, `%XX` with either hex case, extra slashes, `\`,
+//!   `./` and `seg/../`) of the token path are always caught.
 #![no_main]
 
 use std::sync::Arc;
@@ -75,12 +76,19 @@ fn path_invariants(path: &str) {
         "{path:?}"
     );
     assert_eq!(caught, is_token_path(&format!("{path}/")), "{path:?}");
-    assert_eq!(caught, is_token_path(&format!("/{path}")), "{path:?}");
+    if ambiguous(path) {
+        assert!(!caught, "{path:?} starts like an authority");
+        return;
+    }
+    let slashes = path.replace('\\', "/");
+    if !ambiguous(&slashes) {
+        assert_eq!(caught, is_token_path(&slashes), "{path:?}");
+    }
     let lower = path.to_ascii_lowercase();
     if lower == "/api/stream/token" || lower == "/api/stream/token/" {
         assert!(caught, "{path:?}");
     }
-    if !path.contains(['%', '.']) {
+    if !path.contains(['%', '.', ';', '\\']) {
         let segments: Vec<String> = path
             .split('/')
             .filter(|s| !s.is_empty())
@@ -90,16 +98,24 @@ fn path_invariants(path: &str) {
     }
 }
 
+/// `//` or `/\` first: refused by the proxy, whatever follows.
+fn ambiguous(path: &str) -> bool {
+    path.starts_with("//") || path.starts_with("/\\")
+}
+
 /// Builds a spelling of `/api/stream/token` from the input bytes; it must be caught.
 fn generated_spelling(data: &[u8]) {
     let mut knobs = data.iter().copied().chain(std::iter::repeat(0));
     let mut path = String::new();
     for segment in ["api", "stream", "token"] {
         let k = knobs.next().unwrap();
-        // one to three slashes (one of them maybe as %2F), sometimes a `./` or `x/../`
+        // one to three slashes or backslashes (never two first: that is refused), sometimes
+        // a `./` or `x/../`
         path.push('/');
-        for _ in 0..k % 3 {
-            path.push('/');
+        if !path.is_empty() && path != "/" {
+            for _ in 0..k % 3 {
+                path.push(if k & 0x40 == 0 { '/' } else { '\\' });
+            }
         }
         match k >> 2 & 3 {
             1 => path.push_str("./"),

@@ -27,6 +27,7 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 pub mod clerk;
+pub mod h2raw;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type TestBody = BoxBody<Bytes, BoxError>;
@@ -205,6 +206,8 @@ impl TlsClient {
             .await
             .expect("connect in time")
             .expect("connect");
+        // As a real client does: no Nagle delay between a request's HEADERS and DATA frames.
+        let _ = tcp.set_nodelay(true);
         tokio::time::timeout(
             STEP,
             connector.connect(ServerName::try_from("localhost").unwrap(), tcp),

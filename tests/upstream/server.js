@@ -25,10 +25,13 @@
 //   POST /_t/drop-next           the next request (any path but /_t/stats) gets its socket
 //                                destroyed without an answer, as a keep-alive race would
 //   GET  /_t/ws (Upgrade)        WebSocket echo (text, binary, ping, close)
+//   GET  /_t/old-token-hits      {"hits":[url, ...]}: requests that a Node router would have sent
+//                                to the old, unauthenticated token handler (see oldTokenRoute)
 //
 // Listens on 127.0.0.1 and PORT (0 = ephemeral) and prints {"port":N} on stdout when ready.
 const http = require('http');
 const crypto = require('crypto');
+const legacyUrl = require('url');
 
 const PATTERN = Buffer.alloc(64 * 1024);
 for (let i = 0; i < PATTERN.length; i++) PATTERN[i] = (i * 31 + 7) & 0xff;
@@ -45,16 +48,50 @@ const counters = {
   hang_closed: 0, // /_t/hang requests whose connection the proxy closed
   downloads_cut: 0, // /_t/download responses whose connection closed before the end
   ws_open: 0, // WebSocket connections open now
+  old_token_handler: 0, // requests a Node router would have routed to the old token handler
 };
+let oldTokenHits = [];
 let dropNext = false;
 // Requests as they arrived, for tests that must know exactly what reached Node (/_t/seen).
 let seen = [];
 function logSeen(req) {
   const path = req.url.split('?')[0];
-  if (path === '/_t/stats' || path === '/_t/seen') return null;
+  if (path === '/_t/stats' || path === '/_t/seen' || path === '/_t/old-token-hits') return null;
   const entry = { method: req.method, url: req.url, state: 'open' };
   if (seen.length < 1000) seen.push(entry);
   return entry;
+}
+
+// ---------- the old token route ----------
+// This upstream plays the app that still has its old, unauthenticated `POST /api/stream/token`
+// handler. A Node app finds its route from req.url in one of these ways, and a lenient router
+// then matches case-insensitively, ignores trailing slashes, may decode %xx once and may cut
+// the path at the first ';'. A request that any combination routes to the old handler is
+// counted: behind the proxy, none may ever be.
+function routeViews(req) {
+  const views = [req.url.split('?')[0]]; // a plain string split
+  try {
+    views.push(new URL(req.url, 'http://' + (req.headers.host || 'upstream.invalid')).pathname);
+  } catch (_) {} // Node's docs: new URL(req.url, `http://${req.headers.host}`)
+  try {
+    views.push(new URL(req.url, 'http://upstream.invalid').pathname);
+  } catch (_) {}
+  try {
+    const legacy = legacyUrl.parse(req.url).pathname; // the legacy API
+    if (legacy) views.push(legacy);
+  } catch (_) {}
+  return views;
+}
+
+function oldTokenRoute(req) {
+  if (req.method !== 'POST') return false;
+  const forms = [];
+  for (const view of routeViews(req)) {
+    forms.push(view);
+    try { forms.push(decodeURIComponent(view)); } catch (_) {}
+  }
+  for (const form of [...forms]) forms.push(form.split(';')[0]);
+  return forms.some((f) => f.toLowerCase().replace(/\/+$/, '') === '/api/stream/token');
 }
 
 function json(res, status, value, extraHeaders = {}) {
@@ -97,7 +134,16 @@ function download(res, total) {
 const server = http.createServer((req, res) => {
   requests++;
   const entry = logSeen(req);
-  const url = new URL(req.url, 'http://upstream.invalid');
+  if (oldTokenRoute(req)) {
+    counters.old_token_handler++;
+    if (oldTokenHits.length < 1000) oldTokenHits.push(req.url);
+  }
+  let url;
+  try {
+    url = new URL(req.url, 'http://upstream.invalid');
+  } catch (_) {
+    url = new URL('http://upstream.invalid/_t/unparsable'); // echoed below like any other path
+  }
   const path = url.pathname;
   req.on('close', () => {
     if (!req.complete) counters.aborted++;
@@ -114,6 +160,7 @@ const server = http.createServer((req, res) => {
     return json(res, 200, { armed: true });
   }
   if (path === '/api/hello') return json(res, 200, { message: 'hello' });
+  if (path === '/_t/old-token-hits') return json(res, 200, { hits: oldTokenHits });
   if (path === '/_t/stats') return json(res, 200, { requests: requests - 1, ...counters });
   if (path === '/_t/seen') {
     const list = seen;
