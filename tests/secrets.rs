@@ -9,6 +9,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::binary::free_port;
 use common::*;
 use http::{Request, StatusCode};
 
@@ -20,14 +21,6 @@ fn binary() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_stream-token-proxy"));
     clear_overrides(&mut command);
     command
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn wait_for_port(addr: SocketAddr) {
