@@ -110,8 +110,16 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Largest request head (HTTP/1 buffer, HTTP/2 header list), in bytes; over it: 431.
     pub max_header_bytes: usize,
-    /// Concurrent streams one HTTP/2 connection may open.
+    /// Concurrent streams one HTTP/2 connection may open. With `http2_stream_buffer` this
+    /// bounds what one HTTP/2 client can make the proxy hold (README, "Resource bounds").
     pub http2_max_concurrent_streams: u32,
+    /// Response bytes the proxy buffers per HTTP/2 stream for a client that does not read,
+    /// however large the flow-control window the client grants.
+    pub http2_stream_buffer: usize,
+    /// A connection with no request in flight is closed after this (HTTP/2: GOAWAY).
+    pub idle_timeout: PositiveDuration,
+    /// Open connections from one client address at most (IPv6: one /64); 0 = no limit.
+    pub max_connections_per_ip: usize,
     /// How often the certificate, key and secret files are checked for changes (also: SIGHUP).
     pub reload_interval: PositiveDuration,
     /// Worker threads, each a single-threaded event loop with its own upstream pool, all
@@ -138,7 +146,10 @@ impl Default for ServerConfig {
             header_read_timeout: PositiveDuration::secs(10),
             max_connections: 10_000,
             max_header_bytes: 16 * 1024,
-            http2_max_concurrent_streams: 128,
+            http2_max_concurrent_streams: 32,
+            http2_stream_buffer: 16 * 1024,
+            idle_timeout: PositiveDuration::secs(60),
+            max_connections_per_ip: 0,
             reload_interval: PositiveDuration::secs(10),
             workers: 0,
         }
@@ -183,6 +194,9 @@ pub struct UpstreamConfig {
     /// Retry an idempotent, bodiless request once when the upstream closed a pooled connection
     /// before answering.
     pub retry_idempotent: bool,
+    /// A WebSocket tunnel with no bytes either way for this long is closed; `"0s"` = never.
+    #[serde(deserialize_with = "any_duration")]
+    pub tunnel_idle_timeout: Duration,
 }
 
 impl Default for UpstreamConfig {
@@ -194,6 +208,7 @@ impl Default for UpstreamConfig {
             pool_idle_timeout: PositiveDuration::secs(4),
             pool_max_idle: 256,
             retry_idempotent: true,
+            tunnel_idle_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -207,6 +222,10 @@ pub struct ForwardingConfig {
     pub x_forwarded_proto: bool,
     /// Set `X-Forwarded-Host` to the `Host` (or `:authority`) the client used.
     pub x_forwarded_host: bool,
+    /// Request headers removed before forwarding: the client must not choose what Node reads
+    /// as its address, scheme, port or path prefix. Empty the list only behind a proxy that
+    /// sets these itself.
+    pub remove_request_headers: Vec<FieldName>,
 }
 
 impl Default for ForwardingConfig {
@@ -215,6 +234,15 @@ impl Default for ForwardingConfig {
             x_forwarded_for: true,
             x_forwarded_proto: true,
             x_forwarded_host: true,
+            remove_request_headers: [
+                "forwarded",
+                "x-real-ip",
+                "x-forwarded-port",
+                "x-forwarded-prefix",
+            ]
+            .into_iter()
+            .map(|name| FieldName(http::HeaderName::from_static(name)))
+            .collect(),
         }
     }
 }
@@ -505,6 +533,20 @@ impl TryFrom<String> for CidrNet {
         s.parse::<std::net::IpAddr>()
             .map(|ip| Self(ipnet::IpNet::from(ip)))
             .map_err(|_| format!("`{s}` is not an IP network like 10.0.0.0/8 or an address"))
+    }
+}
+
+/// A header field name from the config (any case; stored lower-case).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct FieldName(pub http::HeaderName);
+
+impl TryFrom<String> for FieldName {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        http::HeaderName::from_bytes(s.as_bytes())
+            .map(FieldName)
+            .map_err(|_| format!("{s:?} is not a header field name"))
     }
 }
 
@@ -946,6 +988,9 @@ impl Config {
         }
         if !(8192..=1024 * 1024).contains(&self.server.max_header_bytes) {
             return err("server.max_header_bytes must be between 8192 and 1048576".into());
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&self.server.http2_stream_buffer) {
+            return err("server.http2_stream_buffer must be between 1024 and 16777216".into());
         }
         if self.server.max_connections == 0 || self.server.http2_max_concurrent_streams == 0 {
             return err("server.max_connections and server.http2_max_concurrent_streams must be greater than zero".into());

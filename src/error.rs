@@ -66,6 +66,8 @@ pub enum ProxyError {
     UnsupportedMediaType,
     #[error("the body is larger than {0} bytes")]
     PayloadTooLarge(usize),
+    #[error("the request body did not arrive within {0:?}")]
+    RequestTimeout(Duration),
     #[error("CORS preflight from an origin that is not allowed")]
     OriginNotAllowed,
     #[error("rate limited by {} for {} (retry in {:?})", .0.limiter, .0.key, .0.retry_after)]
@@ -90,6 +92,7 @@ impl ProxyError {
             Self::UserMismatch { .. } | Self::OriginNotAllowed => StatusCode::FORBIDDEN,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -108,6 +111,7 @@ impl ProxyError {
             Self::UserMismatch { .. } => "user_mismatch",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::PayloadTooLarge(_) => "payload_too_large",
+            Self::RequestTimeout(_) => "request_timeout",
             Self::OriginNotAllowed => "origin_not_allowed",
             Self::RateLimited(_) => "rate_limited",
             Self::Internal(_) => "internal_error",
@@ -131,6 +135,7 @@ impl ProxyError {
             Self::BadRequest(why) => why,
             Self::UnsupportedMediaType => "Send the body as application/json, or no body at all.",
             Self::PayloadTooLarge(_) => "The request body is too large.",
+            Self::RequestTimeout(_) => "The request body did not arrive in time.",
             Self::OriginNotAllowed => "This origin is not allowed to call this route.",
             Self::RateLimited(_) => "Too many requests; retry after the time in Retry-After.",
             Self::Internal(_) => "The proxy failed to handle the request.",

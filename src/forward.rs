@@ -20,11 +20,12 @@ use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::config::{ForwardingConfig, UpstreamConfig};
+use crate::connection::ConnectionSlot;
 use crate::error::ProxyError;
+use crate::tunnel;
 use crate::upstream::{PooledBody, SendError, UpstreamPool};
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded in either direction.
@@ -70,6 +71,8 @@ pub struct Forwarder {
     host: HeaderValue,
     response_timeout: Duration,
     retry_idempotent: bool,
+    /// A tunnel with no bytes either way for this long is closed (zero: never).
+    tunnel_idle_timeout: Duration,
     options: ForwardingConfig,
 }
 
@@ -85,16 +88,19 @@ impl Forwarder {
                 .expect("an authority is a valid header value"),
             response_timeout: upstream.response_timeout.0,
             retry_idempotent: upstream.retry_idempotent,
+            tunnel_idle_timeout: upstream.tunnel_idle_timeout,
             options: options.clone(),
         }
     }
 
     /// Sends `request` upstream and returns the upstream's response with hop-by-hop headers
-    /// removed. Upgrades (101) are tunnelled in a spawned task once both sides switch.
+    /// removed. Upgrades (101) are tunnelled in a spawned task once both sides switch; the
+    /// tunnel holds the connection's `slot` until it closes.
     pub async fn forward(
         &self,
         mut request: Request<Incoming>,
         conn: ClientConn,
+        slot: Arc<ConnectionSlot>,
     ) -> Result<Forwarded, ProxyError> {
         let codings = transfer_codings(request.headers());
         // hyper undoes only `chunked`; any other transfer coding would reach the upstream still
@@ -114,6 +120,12 @@ impl Forwarder {
         }
         check_host(&request).map_err(ProxyError::BadTarget)?;
         let upgrade = requested_upgrade(&request);
+        // The tunnel would start with the body's bytes already read as HTTP: refuse cleanly.
+        if upgrade.is_some() && !request.body().is_end_stream() {
+            return Err(ProxyError::BadRequest(
+                "an upgrade request must not carry a body",
+            ));
+        }
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();
 
@@ -175,7 +187,8 @@ impl Forwarder {
                 let headers = response.headers_mut();
                 headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
                 headers.insert(header::UPGRADE, protocol);
-                tokio::spawn(tunnel(client_side, upstream_side));
+                let idle = self.tunnel_idle_timeout;
+                tokio::spawn(tunnel::run(client_side, upstream_side, slot.tunnel(), idle));
             }
             _ => strip_hop_by_hop(response.headers_mut()),
         }
@@ -238,13 +251,23 @@ impl Forwarder {
 }
 
 /// The client's path and query, byte for byte, as the origin-form target of the upstream request.
+/// The errors never quote the target: it may carry a query with credentials in it.
 fn origin_form(uri: &Uri) -> Result<Uri, ProxyError> {
     let path_and_query = match uri.path_and_query() {
         Some(pq) if pq.as_str().starts_with('/') => pq.clone(),
-        // Absolute-form without a path ("http://host") means "/"; "*" (OPTIONS) and
-        // authority-form (CONNECT) have no meaning for the upstream application.
+        // Absolute-form with an empty path ("http://host", "http://host?q") means "/"
+        // (RFC 9112 §3.2.1).
         None if uri.scheme().is_some() => PathAndQuery::from_static("/"),
-        _ => return Err(ProxyError::BadTarget(format!("request target {uri:?}"))),
+        Some(pq) if uri.scheme().is_some() && pq.as_str().starts_with('?') => {
+            PathAndQuery::try_from(format!("/{}", pq.as_str()))
+                .map_err(|_| ProxyError::BadTarget("an unusable absolute-form target".into()))?
+        }
+        // "*" (OPTIONS) and authority-form (CONNECT) mean nothing to the upstream application.
+        _ => {
+            return Err(ProxyError::BadTarget(
+                "neither origin-form nor absolute-form".into(),
+            ));
+        }
     };
     Ok(Uri::from(path_and_query))
 }
@@ -346,6 +369,16 @@ fn requested_upgrade<B>(request: &Request<B>) -> Option<HeaderValue> {
 /// §8.3.1: an HTTP/2 `Host` must name the same authority as `:authority`. Anything else would
 /// leave the upstream and `X-Forwarded-Host` to disagree about which host was asked for.
 fn check_host<B>(request: &Request<B>) -> Result<(), String> {
+    // RFC 9113 §8.3.1 (`:authority` MUST NOT include userinfo) and RFC 9110 §4.2.4 (a sender
+    // MUST NOT generate userinfo in an http(s) URI): refused, so `evil@host` never becomes a
+    // Host header.
+    if request
+        .uri()
+        .authority()
+        .is_some_and(|a| a.as_str().contains('@'))
+    {
+        return Err("the request target carries userinfo (user@host)".into());
+    }
     let mut hosts = request.headers().get_all(header::HOST).iter();
     let host = hosts.next();
     if hosts.next().is_some() {
@@ -475,8 +508,9 @@ fn is_listed_hop_by_hop(token: &str) -> bool {
         .any(|hop| token.eq_ignore_ascii_case(hop.as_str()))
 }
 
-/// Turns the client's headers into the upstream's: hop-by-hop removed, `Host` kept (from
-/// `:authority` for HTTP/2 clients), `X-Forwarded-*` set, upgrade headers put back.
+/// Turns the client's headers into the upstream's: hop-by-hop and `remove_request_headers`
+/// removed, `Host` kept (from `:authority` for HTTP/2 clients), `X-Forwarded-*` set, upgrade
+/// headers put back.
 pub fn prepare_request_headers(
     headers: &mut HeaderMap,
     client_uri: &Uri,
@@ -486,6 +520,9 @@ pub fn prepare_request_headers(
     options: &ForwardingConfig,
 ) -> Result<(), String> {
     strip_hop_by_hop(headers);
+    for name in &options.remove_request_headers {
+        headers.remove(&name.0);
+    }
     // HTTP/2 clients send `:authority` instead of `Host`; the upstream sees it as `Host`, the
     // same as from an HTTP/1.1 client.
     if client_version == Version::HTTP_2
@@ -583,24 +620,6 @@ fn is_stale_connection(error: &ProxyError) -> bool {
         cause = e.source();
     }
     false
-}
-
-/// Copies bytes both ways between the upgraded client and upstream connections until either
-/// side closes.
-async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
-    let (client, upstream) = match tokio::try_join!(client, upstream) {
-        Ok(pair) => pair,
-        Err(e) => {
-            warn!(error = %e, "upgrade failed before the tunnel opened");
-            return;
-        }
-    };
-    let mut client = TokioIo::new(client);
-    let mut upstream = TokioIo::new(upstream);
-    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        Ok((to_upstream, to_client)) => debug!(to_upstream, to_client, "upgrade tunnel closed"),
-        Err(e) => debug!(error = %e, "upgrade tunnel ended with an error"),
-    }
 }
 
 #[cfg(test)]
@@ -754,6 +773,7 @@ mod tests {
             x_forwarded_for: false,
             x_forwarded_proto: false,
             x_forwarded_host: false,
+            remove_request_headers: Vec::new(),
         };
         let uri: Uri = "/p".parse().unwrap();
         prepare_request_headers(&mut h, &uri, Version::HTTP_11, None, conn(), &options).unwrap();

@@ -24,6 +24,7 @@ pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod config;
+mod connection;
 pub mod error;
 pub mod forward;
 pub mod limits;
@@ -35,6 +36,7 @@ mod server;
 pub mod stream_token;
 pub mod tls;
 pub mod token_route;
+mod tunnel;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -183,12 +185,10 @@ pub async fn start(mut config: Config) -> Result<ProxyHandle, StartError> {
     let limits = Arc::new(Limits::new(&config.limits));
     let minter = Arc::new(StreamMinter::new(&config.stream, &secret));
     let token = TokenRoute::new(
-        &config.auth,
-        &config.cors,
+        &config,
         Verifier::new(&config.auth, keys.clone()),
         minter.clone(),
         limits.clone(),
-        config.limits.token_body_bytes,
         metrics.clone(),
     );
 
@@ -243,6 +243,9 @@ pub async fn start(mut config: Config) -> Result<ProxyHandle, StartError> {
     let request_ids = Arc::new(RequestIds::default());
     let admission = server::Admission {
         slots: Arc::new(tokio::sync::Semaphore::new(config.server.max_connections)),
+        per_ip: Arc::new(connection::PerIpConnections::new(
+            config.server.max_connections_per_ip,
+        )),
         listening: Arc::new(std::sync::atomic::AtomicUsize::new(workers)),
     };
     let mut finished = Vec::with_capacity(workers);

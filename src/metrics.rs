@@ -63,6 +63,9 @@ pub struct Metrics {
     pub upstream_duration: Histogram,
     upstream_errors: Family<KindLabel, Counter>,
     pub open_connections: Gauge,
+    /// WebSocket tunnels open now (each also counts in `open_connections`).
+    pub open_tunnels: Gauge,
+    connection_closes: Family<ReasonLabel, Counter>,
     pub tls_handshake_failures: Counter,
     /// `notAfter` of the served certificate, unix seconds.
     pub certificate_expiry: Gauge,
@@ -153,6 +156,18 @@ impl Metrics {
             "Client connections open now",
             open_connections.clone(),
         );
+        let open_tunnels = Gauge::default();
+        registry.register(
+            "open_tunnels",
+            "WebSocket tunnels open now (each also an open connection)",
+            open_tunnels.clone(),
+        );
+        let connection_closes = Family::default();
+        registry.register(
+            "connection_closes",
+            "Client connections the proxy closed or refused to bound its resources, by reason",
+            connection_closes.clone(),
+        );
         let tls_handshake_failures = Counter::default();
         registry.register(
             "tls_handshake_failures",
@@ -191,6 +206,8 @@ impl Metrics {
             upstream_duration,
             upstream_errors,
             open_connections,
+            open_tunnels,
+            connection_closes,
             tls_handshake_failures,
             certificate_expiry,
             reloads,
@@ -227,6 +244,14 @@ impl Metrics {
     pub fn upstream_error(&self, kind: &'static str) {
         self.upstream_errors
             .get_or_create(&KindLabel { kind })
+            .inc();
+    }
+
+    /// A connection closed (or refused) for `reason`: `idle`, `no_request`, `per_ip_limit`,
+    /// `tunnel_idle`.
+    pub fn connection_closed(&self, reason: &'static str) {
+        self.connection_closes
+            .get_or_create(&ReasonLabel { reason })
             .inc();
     }
 

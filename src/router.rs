@@ -9,13 +9,14 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use tracing::{info, warn};
 
 use crate::access_log::{AccessEntry, LoggedBody};
 use crate::body::ProxyBody;
+use crate::connection::ConnectionSlot;
 use crate::error::{Fault, ProxyError};
 use crate::forward::{ClientConn, Forwarder};
 use crate::limits::{Limited, Limits};
@@ -119,6 +120,7 @@ impl App {
         self: Arc<Self>,
         mut request: Request<Incoming>,
         conn: ClientConn,
+        slot: Arc<ConnectionSlot>,
     ) -> Result<Response<LoggedBody>, Infallible> {
         let started = Instant::now();
         let request_id = self.request_ids.assign(request.headers_mut());
@@ -141,11 +143,18 @@ impl App {
             }
             let origin = self.token.cors.allowed_origin(request.headers());
             let preflight = request.method() == Method::OPTIONS;
+            let http1 = request.version() < Version::HTTP_2;
             let client_ip = self.limits.client_ip(conn.peer.ip(), request.headers());
             let result = self.token.handle(request, client_ip, &mut entry).await;
             let mut response = respond(result, &mut entry, conn, metrics);
             if !preflight {
                 self.token.cors.decorate(&mut response, origin);
+            }
+            // What is left of a body that never came cannot be told from the next request.
+            if http1 && response.status() == StatusCode::REQUEST_TIMEOUT {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             response
         } else if request.method() == Method::CONNECT {
@@ -170,7 +179,7 @@ impl App {
                 request.version() < Version::HTTP_2 && !request.body().is_end_stream();
             let result = self
                 .forwarder
-                .forward(request, conn)
+                .forward(request, conn, slot)
                 .await
                 .map(|forwarded| {
                     metrics

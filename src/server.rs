@@ -1,40 +1,60 @@
-//! The accept loop: TLS handshakes, per-connection timeouts, HTTP/1.1 and HTTP/2 serving, and
-//! the graceful drain on shutdown. Routing decisions are the router's.
+//! The accept loop: admission (`max_connections`, `max_connections_per_ip`), TLS handshakes,
+//! HTTP/1.1 and HTTP/2 serving with per-connection timeouts (first request, idle), and the
+//! graceful drain on shutdown. Routing decisions are the router's.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::config::ServerConfig;
+use crate::connection::{ConnectionSlot, Idleness, PerIpConnections, TrackedBody};
 use crate::forward::ClientConn;
 use crate::metrics::Metrics;
 use crate::router::App;
 
 type Builder = auto::Builder<TokioExecutor>;
 
-/// Serves `listener` until `shutdown` flips to `true`, then drains for `server.shutdown_grace`.
+/// HTTP/2 flow-control windows the proxy grants clients: what one stream (256 KiB) and one
+/// connection (1 MiB) may upload before the upstream has taken it.
+const H2_STREAM_WINDOW: u32 = 256 * 1024;
+const H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
+
 /// What all workers share about accepting connections.
 #[derive(Clone)]
 pub struct Admission {
     /// One permit per open connection, across every worker (`server.max_connections`).
     pub slots: Arc<Semaphore>,
+    /// Open connections per client address (`server.max_connections_per_ip`).
+    pub per_ip: Arc<PerIpConnections>,
     /// Workers whose listener is still open; the last to close logs that accepting stopped.
     pub listening: Arc<AtomicUsize>,
 }
 
-/// One worker's accept loop.
+/// The per-connection timeouts.
+#[derive(Clone, Copy)]
+struct Timeouts {
+    handshake: Duration,
+    /// A new connection must send its first request within this (`header_read_timeout`).
+    first_request: Duration,
+    /// A connection with nothing in flight is closed after this (`idle_timeout`).
+    idle: Duration,
+}
+
+/// One worker's accept loop: serves `listener` until `shutdown` flips to `true`, then drains
+/// for `server.shutdown_grace`.
 pub async fn run(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
@@ -44,19 +64,21 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
     admission: Admission,
 ) {
-    let slots = admission.slots;
     let builder = Arc::new(http_builder(settings));
-    let handshake_timeout = settings.tls_handshake_timeout.0;
-    let first_request = settings.header_read_timeout.0;
-    let graceful = GracefulShutdown::new();
+    let timeouts = Timeouts {
+        handshake: settings.tls_handshake_timeout.0,
+        first_request: settings.header_read_timeout.0,
+        idle: settings.idle_timeout.0,
+    };
+    // Connections and the tunnels they become hold a token: the drain waits for all of them.
+    let drain = TaskTracker::new();
     // At the connection cap we stop accepting, and new clients wait in the kernel's listen
     // backlog instead of taking the proxy down.
-
     loop {
         let permit = tokio::select! {
             biased;
             _ = shutdown.wait_for(|stop| *stop) => break,
-            permit = slots.clone().acquire_owned() => match permit {
+            permit = admission.slots.clone().acquire_owned() => match permit {
                 Ok(permit) => permit,
                 Err(_) => break, // the semaphore is never closed
             },
@@ -75,66 +97,53 @@ pub async fn run(
                 continue;
             }
         };
+        let Some(slot) = admit(permit, &admission, peer, &drain, &metrics) else {
+            continue; // dropped: the client sees the connection closed
+        };
         let _ = stream.set_nodelay(true);
-        let watcher = graceful.watcher();
         let (app, builder, tls) = (app.clone(), builder.clone(), tls.clone());
-        let open = OpenConnection::new(metrics.clone());
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let _slot = (permit, open);
-            match tls {
-                Some(acceptor) => {
-                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => {
-                            let conn = ClientConn { peer, tls: true };
-                            serve_connection(stream, conn, app, &builder, watcher, first_request)
-                                .await;
-                        }
-                        Ok(Err(e)) => {
-                            metrics.tls_handshake_failures.inc();
-                            debug!(%peer, error = %e, "TLS handshake failed");
-                        }
-                        Err(_) => {
-                            metrics.tls_handshake_failures.inc();
-                            debug!(%peer, "TLS handshake timed out");
-                        }
-                    }
-                }
-                None => {
-                    let conn = ClientConn { peer, tls: false };
-                    serve_connection(stream, conn, app, &builder, watcher, first_request).await;
-                }
-            }
-        });
+        let connection = Connection {
+            slot,
+            peer,
+            shutdown: shutdown.clone(),
+            timeouts,
+        };
+        tokio::spawn(connection.serve(stream, tls, app, builder));
     }
 
     drop(listener);
     let grace = settings.shutdown_grace.0;
-    debug!(open = graceful.count(), "worker closed its listener");
+    debug!(open = drain.len(), "worker closed its listener");
     // Only once every worker's socket is closed is the port really closed to new clients.
     if admission.listening.fetch_sub(1, Ordering::AcqRel) == 1 {
         info!(?grace, "stopped accepting; draining open connections");
     }
+    drain.close();
     tokio::select! {
-        _ = graceful.shutdown() => info!("all connections drained"),
+        _ = drain.wait() => info!("all connections drained"),
         _ = tokio::time::sleep(grace) => warn!(?grace, "grace period over; closing the remaining connections"),
     }
 }
 
-/// Counts an open client connection for as long as it lives.
-struct OpenConnection(Arc<Metrics>);
-
-impl OpenConnection {
-    fn new(metrics: Arc<Metrics>) -> Self {
-        metrics.open_connections.inc();
-        Self(metrics)
-    }
-}
-
-impl Drop for OpenConnection {
-    fn drop(&mut self) {
-        self.0.open_connections.dec();
-    }
+/// The slot for a new connection from `peer`, or `None` when its address is at its cap.
+fn admit(
+    permit: OwnedSemaphorePermit,
+    admission: &Admission,
+    peer: SocketAddr,
+    drain: &TaskTracker,
+    metrics: &Arc<Metrics>,
+) -> Option<Arc<ConnectionSlot>> {
+    let Some(per_ip) = admission.per_ip.admit(peer.ip()) else {
+        metrics.connection_closed("per_ip_limit");
+        debug!(%peer, "connection refused: its address is at server.max_connections_per_ip");
+        return None;
+    };
+    Some(Arc::new(ConnectionSlot::new(
+        permit,
+        per_ip,
+        drain.token(),
+        metrics.clone(),
+    )))
 }
 
 fn http_builder(settings: &ServerConfig) -> Builder {
@@ -154,51 +163,113 @@ fn http_builder(settings: &ServerConfig) -> Builder {
         // Rapid-reset floods (CVE-2023-44487): few pending resets allowed, then GOAWAY.
         .max_pending_accept_reset_streams(Some(20))
         .max_local_error_reset_streams(Some(256))
+        // What a client that never reads can make us hold: this much per stream, whatever
+        // window it grants (hyper's default is 400 KiB per stream).
+        .max_send_buf_size(settings.http2_stream_buffer)
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
         // Dead peers are found by pings; a stalled one is dropped.
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
     builder
 }
 
-/// Serves one connection. A client must send its first request within `first_request`
-/// (`server.header_read_timeout`): before hyper has a request to time, it has no timer of its
-/// own (the HTTP/1-vs-2 sniff and the HTTP/2 preface wait forever), so a silent connection would
-/// hold its slot for good.
-async fn serve_connection<I>(
-    io: I,
-    conn: ClientConn,
-    app: Arc<App>,
-    builder: &Builder,
-    watcher: Watcher,
-    first_request: Duration,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let requested = Arc::new(AtomicBool::new(false));
-    let service = service_fn({
-        let requested = requested.clone();
-        move |request| {
-            requested.store(true, Ordering::Relaxed);
-            // `handle`'s own future, not an `async` block around it: the block would hold that
-            // future (several KiB) a second time, and hyper moves this one once per request.
-            app.clone().handle(request, conn)
-        }
-    });
-    let connection =
-        watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(io), service));
-    tokio::pin!(connection);
-    let result = tokio::select! {
-        result = &mut connection => result,
-        _ = tokio::time::sleep(first_request) => {
-            if !requested.load(Ordering::Relaxed) {
-                debug!(peer = %conn.peer, "no request within the header timeout; closing");
-                return;
+/// One accepted client connection, from the TLS handshake to its close.
+struct Connection {
+    slot: Arc<ConnectionSlot>,
+    peer: SocketAddr,
+    shutdown: watch::Receiver<bool>,
+    timeouts: Timeouts,
+}
+
+impl Connection {
+    async fn serve(
+        self,
+        stream: TcpStream,
+        tls: Option<TlsAcceptor>,
+        app: Arc<App>,
+        builder: Arc<Builder>,
+    ) {
+        let Some(acceptor) = tls else {
+            let conn = ClientConn {
+                peer: self.peer,
+                tls: false,
+            };
+            return self.serve_http(stream, conn, app, &builder).await;
+        };
+        let metrics = self.slot.metrics().clone();
+        let peer = self.peer;
+        match tokio::time::timeout(self.timeouts.handshake, acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => {
+                let conn = ClientConn { peer, tls: true };
+                self.serve_http(stream, conn, app, &builder).await;
             }
-            connection.await
+            Ok(Err(e)) => {
+                metrics.tls_handshake_failures.inc();
+                debug!(%peer, error = %e, "TLS handshake failed");
+            }
+            Err(_) => {
+                metrics.tls_handshake_failures.inc();
+                debug!(%peer, "TLS handshake timed out");
+            }
         }
-    };
-    if let Err(e) = result {
-        debug!(peer = %conn.peer, error = %e, "connection ended with an error");
+    }
+
+    /// Serves HTTP until the connection ends, closing it when it stays quiet too long: no
+    /// first request within `first_request` (before hyper has a request to time, it has no
+    /// timer of its own: the HTTP/1-vs-2 sniff and the HTTP/2 preface would wait forever), or
+    /// nothing in flight for `idle` (HTTP/2 then gets a GOAWAY; hyper itself closes idle
+    /// HTTP/1 keep-alive connections after `header_read_timeout`).
+    async fn serve_http<I>(mut self, io: I, conn: ClientConn, app: Arc<App>, builder: &Builder)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let slot = self.slot.clone();
+        let service = service_fn(move |request| {
+            let in_flight = slot.request_started();
+            // `handle`'s own future, mapped, not an `async` block around it: the block would
+            // hold that future (several KiB) a second time, and hyper moves this one once per
+            // request.
+            app.clone()
+                .handle(request, conn, slot.clone())
+                .map(|answered| answered.map(|r| r.map(|body| TrackedBody::new(body, in_flight))))
+        });
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+        tokio::pin!(connection);
+        let (peer, t) = (self.peer, self.timeouts);
+        let mut closing = false;
+        loop {
+            let (idleness, check_again) = self.slot.idleness(t.first_request, t.idle);
+            match idleness {
+                Idleness::Busy => {}
+                Idleness::NeverRequested => {
+                    self.slot.metrics().connection_closed("no_request");
+                    debug!(%peer, "no request within the header timeout; closing");
+                    return;
+                }
+                // Still idle a whole period after the GOAWAY: the client never finished it.
+                Idleness::Idle if closing => return,
+                Idleness::Idle => {
+                    self.slot.metrics().connection_closed("idle");
+                    debug!(%peer, "idle connection; closing");
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(e) = result {
+                        debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                _ = self.shutdown.wait_for(|stop| *stop), if !closing => {
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                _ = tokio::time::sleep(check_again) => {}
+            }
+        }
     }
 }
 

@@ -14,6 +14,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+use tracing::warn;
 
 /// ALPN protocols we serve, in order of preference.
 const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
@@ -72,6 +73,7 @@ impl CertStore {
     /// Loads the pair; fails with a sentence naming the file when anything is wrong.
     pub fn load(cert_path: &Path, key_path: &Path) -> Result<Self, TlsError> {
         let key = load_certified_key(cert_path, key_path)?;
+        warn_if_others_can_read(key_path);
         Ok(Self {
             current: ArcSwap::from_pointee(key),
             cert_path: cert_path.to_path_buf(),
@@ -120,6 +122,34 @@ pub fn server_config(store: Arc<CertStore>) -> Result<rustls::ServerConfig, TlsE
     // Stateless resumption (TLS 1.3 tickets) spares returning mobile clients a full handshake.
     config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
     Ok(config)
+}
+
+/// A private key that more people can read than need to is one mistake away from leaking:
+/// say so (as OpenSSH does), but serve. Readable by others: always worth a warning. Readable
+/// by the group: only when this process owns the file (the group bit then only widens who can
+/// read it); reading through the group is how a Kubernetes secret volume with `fsGroup` and
+/// `defaultMode: 0440` works.
+fn warn_if_others_can_read(key_path: &Path) {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let Ok(meta) = std::fs::metadata(key_path) else {
+        return;
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let owned = meta.uid() == unsafe { libc::geteuid() };
+    if too_readable(mode, owned) {
+        warn!(
+            key = %key_path.display(),
+            mode = format_args!("{mode:o}"),
+            "the TLS private key is readable by more than its owner; make it 0600 or 0400 \
+             (or 0440 with a group only this proxy is in)"
+        );
+    }
+}
+
+/// Others may read, or the group may and this process (the owner) does not need it to.
+fn too_readable(mode: u32, owned_by_us: bool) -> bool {
+    mode & 0o007 != 0 || (owned_by_us && mode & 0o070 != 0)
 }
 
 fn load_certified_key(cert_path: &Path, key_path: &Path) -> Result<CertifiedKey, TlsError> {
@@ -244,6 +274,22 @@ fn create_private(path: &Path, contents: &[u8]) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_readable_beyond_its_owner_is_flagged() {
+        for (mode, owned, flagged) in [
+            (0o600, true, false),
+            (0o400, true, false),
+            (0o640, true, true),
+            (0o644, true, true),
+            (0o604, true, true),
+            // Read through the group (a Kubernetes secret volume with fsGroup, 0440).
+            (0o440, false, false),
+            (0o444, false, true),
+        ] {
+            assert_eq!(too_readable(mode, owned), flagged, "{mode:o} owned={owned}");
+        }
+    }
 
     #[test]
     fn dev_certificate_is_generated_once_and_loads() {

@@ -12,11 +12,12 @@ use serde::Serialize;
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::access_log::AccessEntry;
 use crate::auth::{self, Session, Verifier, unix_now};
 use crate::body::ProxyBody;
-use crate::config::{AuthConfig, CorsConfig};
+use crate::config::{Config, CorsConfig};
 use crate::error::ProxyError;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
@@ -35,6 +36,8 @@ pub struct TokenRoute {
     pub limits: Arc<Limits>,
     session_cookie: bool,
     body_limit: usize,
+    /// The whole body must arrive within this after the head (`server.header_read_timeout`).
+    body_timeout: Duration,
 }
 
 /// The 200 answer.
@@ -47,23 +50,24 @@ struct TokenResponse<'a> {
 }
 
 impl TokenRoute {
+    /// The route as `config` sets it up: `[auth]`, `[cors]`, the body's size
+    /// (`limits.token_body_bytes`) and time (`server.header_read_timeout`).
     pub fn new(
-        auth: &AuthConfig,
-        cors: &CorsConfig,
+        config: &Config,
         verifier: Verifier,
         minter: Arc<StreamMinter>,
         limits: Arc<Limits>,
-        body_limit: usize,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             verifier,
             minter,
             metrics,
-            cors: Cors::new(cors),
+            cors: Cors::new(&config.cors),
             limits,
-            session_cookie: auth.session_cookie,
-            body_limit,
+            session_cookie: config.auth.session_cookie,
+            body_limit: config.limits.token_body_bytes,
+            body_timeout: config.server.header_read_timeout.0,
         }
     }
 
@@ -91,7 +95,10 @@ impl TokenRoute {
         self.limits
             .check_token_user(&session.user_id)
             .map_err(ProxyError::RateLimited)?;
-        let body = read_json_body(request, self.body_limit).await?;
+        let body =
+            tokio::time::timeout(self.body_timeout, read_json_body(request, self.body_limit))
+                .await
+                .map_err(|_| ProxyError::RequestTimeout(self.body_timeout))??;
         check_body_user(body.as_ref(), &session)?;
 
         let (minted, reused) = self.minter.token_for(&session.user_id, unix_now());

@@ -51,9 +51,11 @@ use tracing::debug;
 
 use crate::config::UpstreamConfig;
 
-/// Largest read buffer per upstream connection: a streamed body moves in 64 KiB steps instead
-/// of hyper's ~400 KiB default (bench/memory.sh).
-const MAX_BUF_SIZE: usize = 64 * 1024;
+/// Largest read buffer per upstream connection, and so the largest response head (nginx's
+/// default is one page) and body chunk: a body moves in 16 KiB steps, so what a client that
+/// does not read makes the proxy hold stays near `server.http2_stream_buffer` per stream
+/// (hyper's default is ~400 KiB).
+const MAX_BUF_SIZE: usize = 16 * 1024;
 
 /// The shortest interval between two sweeps of expired idle connections.
 const MIN_SWEEP_PERIOD: Duration = Duration::from_millis(100);

@@ -25,6 +25,25 @@ fn prod_secret(dir: &Path) {
     std::fs::write(dir.join("stream-secret"), "cli-test-secret\n").unwrap();
 }
 
+#[tokio::test]
+async fn a_tls_key_readable_by_others_is_served_with_a_warning() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let upstream = NodeUpstream::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    stream_token_proxy::tls::ensure_dev_certificate(&cert, &key).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut served = Served::start_in(dir, &upstream.url(), "").await;
+    let line = served
+        .wait_for_line("warning about the key's mode", |l| {
+            l.contains("readable by more than its owner")
+        })
+        .await;
+    assert!(line.contains("644"), "{line}");
+    let response = served.client().h1(get("/api/hello")).await;
+    assert_eq!(response.status(), StatusCode::OK, "still serves");
+}
+
 // ---------- 13. graceful shutdown ----------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

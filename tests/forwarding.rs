@@ -374,6 +374,63 @@ async fn x_forwarded_headers_can_all_be_switched_off() {
     proxy.stop().await;
 }
 
+/// What Node reads as the client's address, scheme, port or path prefix is the proxy's to say:
+/// `Forwarded`, `X-Real-IP`, `X-Forwarded-Port` and `X-Forwarded-Prefix` sent by a client are
+/// removed (over h1 and h2, any case, repeated), unless `forwarding.remove_request_headers`
+/// says otherwise.
+#[tokio::test]
+async fn client_sent_forwarding_headers_are_removed() {
+    let upstream = NodeUpstream::start();
+    let spoofed = [
+        ("Forwarded", "for=203.0.113.9;proto=http"),
+        ("forwarded", "for=198.51.100.1"),
+        ("X-Real-IP", "203.0.113.9"),
+        ("x-forwarded-port", "80"),
+        ("X-Forwarded-Prefix", "/admin"),
+    ];
+    let request = |h2: bool| {
+        let uri = if h2 {
+            "https://localhost/echo/fwd"
+        } else {
+            "/echo/fwd"
+        };
+        let mut builder = Request::get(uri).header("x-kept", "1");
+        if !h2 {
+            builder = builder.header("host", "localhost");
+        }
+        for (name, value) in spoofed {
+            builder = builder.header(name, value);
+        }
+        builder.body(empty()).unwrap()
+    };
+    let proxy = TestProxy::start(&upstream.url(), |_| {}).await;
+    let client = proxy.client();
+    for (version, response) in [
+        ("h1", client.h1(request(false)).await),
+        ("h2", client.h2(request(true)).await),
+    ] {
+        let echo = body_json(response).await;
+        for (name, _) in spoofed {
+            assert!(
+                echoed(&echo, name).is_empty(),
+                "{version}: {name} reached Node: {echo}"
+            );
+        }
+        assert_eq!(echoed(&echo, "x-kept"), ["1"], "{version}");
+    }
+    proxy.stop().await;
+
+    // Behind a proxy that sets them itself, the list can be emptied.
+    let proxy = TestProxy::start(&upstream.url(), |c| {
+        c.forwarding.remove_request_headers.clear();
+    })
+    .await;
+    let echo = body_json(proxy.client().h1(request(false)).await).await;
+    assert_eq!(echoed(&echo, "x-real-ip"), ["203.0.113.9"]);
+    assert_eq!(echoed(&echo, "forwarded").len(), 2);
+    proxy.stop().await;
+}
+
 // ---------- 5. WebSocket ----------
 
 #[tokio::test]
@@ -850,7 +907,10 @@ async fn an_upstream_dying_mid_response_is_an_error_for_the_client_not_a_short_b
 async fn concurrent_requests_on_one_h2_connection_are_forwarded_in_parallel() {
     let upstream = NodeUpstream::start();
     let proxy = TestProxy::start(&upstream.url(), |_| {}).await;
-    let h2 = proxy.client().h2_conn().await;
+    let mut h2 = proxy.client().h2_conn().await;
+    // One answer first: the proxy's SETTINGS (at most 32 streams at once) have arrived, so
+    // the client queues streams beyond that instead of having them refused.
+    send_h2(&mut h2, h2_get("/api/hello")).await;
     let started = Instant::now();
     let tasks: Vec<_> = (0..48)
         .map(|i| {

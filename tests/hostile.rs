@@ -598,6 +598,45 @@ async fn request_target_forms_cannot_steer_the_proxy() {
     f.proxy.stop().await;
 }
 
+/// Userinfo in the target (RFC 9110 §4.2.4: never sent in an http(s) URI) and an upgrade
+/// request with a body (the tunnel would start with bytes already read as HTTP) are a 400, and
+/// Node sees neither. An absolute-form target with a query but an empty path is `/?query`
+/// (RFC 9112 §3.2.1), forwarded.
+#[tokio::test]
+async fn userinfo_targets_and_upgrades_with_a_body_are_refused() {
+    let f = Fixture::start(|_| {}).await;
+    let upgrade_with_body = "GET /_t/ws HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\n\
+        Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nContent-Length: 5\r\n\r\nhello";
+    f.assert_refused_unseen(&[
+        (
+            "userinfo in absolute-form",
+            "GET http://evil@localhost/echo HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        ),
+        ("an upgrade with a body", upgrade_with_body),
+    ])
+    .await;
+
+    let (exchange, seen) = f
+        .probe(b"GET http://localhost?q=1 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await;
+    assert_eq!(exchange.status(), Some(200), "{}", exchange.text());
+    assert_eq!(seen, [Seen::complete("GET", "/?q=1")]);
+
+    // HTTP/2: `:authority` with userinfo (RFC 9113 §8.3.1) never becomes a Host header.
+    let fields: [(&str, &[u8]); 4] = [
+        (":method", b"GET"),
+        (":scheme", b"https"),
+        (":authority", b"evil@localhost"),
+        (":path", b"/echo/userinfo"),
+    ];
+    let reply = h2_raw(&f.client, &fields, None).await;
+    // 0x8c: `:status 400` from the HPACK static table.
+    assert_eq!(reply, H2Reply::Response(0x8c), "{reply:?}");
+    assert_eq!(f.seen().await, []);
+    f.proxy.stop().await;
+}
+
 // ---------- 3. HTTP/2 ----------
 
 /// What an HTTP/2 request may not carry (RFC 9113 §8.2.2 connection-specific fields, §8.2.1

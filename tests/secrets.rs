@@ -132,6 +132,20 @@ async fn run_and_capture(format: &str) -> (String, Vec<String>) {
         "forwarded unchanged to Node"
     );
 
+    // Targets the proxy refuses or rewrites, each with the canary in its query: the log names
+    // none of them whole (absolute-form with an empty path, userinfo, a leading //).
+    for target in [
+        format!("http://localhost?access_token={QUERY}"),
+        format!("http://evil@localhost/?access_token={QUERY}"),
+        format!("//evil.example/api/stream/token?access_token={QUERY}"),
+        format!("*?access_token={QUERY}"),
+    ] {
+        let request =
+            format!("GET {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        let answer = client.raw(request.as_bytes(), Duration::from_secs(5)).await;
+        assert!(answer.starts_with(b"HTTP/1.1 "), "{target}: {answer:?}");
+    }
+
     let _ = Command::new("kill")
         .arg("-TERM")
         .arg(pid.to_string())

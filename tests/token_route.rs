@@ -560,7 +560,13 @@ async fn a_thousand_random_kids_cause_at_most_a_handful_of_fetches() {
     let before = f.jwks.hits();
     let stranger = ClerkKey::generate("x");
     let client = f.proxy.client();
-    let sender = client.h2_conn().await;
+    let mut sender = client.h2_conn().await;
+    // One answer first: the proxy's SETTINGS (at most 32 streams at once) have arrived, so
+    // the client queues streams beyond that instead of having them refused.
+    let hello = Request::get("https://localhost/api/hello")
+        .body(empty())
+        .unwrap();
+    send_h2(&mut sender, hello).await;
     let mut tasks = Vec::new();
     for i in 0..1000 {
         let mut sender = sender.clone();

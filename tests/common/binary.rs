@@ -13,8 +13,11 @@ use super::{ChildGuard, STEP, TlsClient, clear_overrides};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_stream-token-proxy");
 
+/// The binary under test: this build's, or `STP_BIN` (`bench/hostile-memory.sh` measures an
+/// older build with the same tests).
 pub fn proxy_command(dir: &Path, args: &[&str]) -> Command {
-    let mut command = Command::new(BIN);
+    let bin = std::env::var("STP_BIN").unwrap_or_else(|_| BIN.to_owned());
+    let mut command = Command::new(bin);
     command
         .args(args)
         .current_dir(dir)
@@ -121,7 +124,11 @@ impl Served {
     /// Starts the binary in front of `upstream_url`; `extra` is appended to the config file.
     /// Returns once the port accepts connections.
     pub async fn start(upstream_url: &str, extra: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap(), upstream_url, extra).await
+    }
+
+    /// The same in `dir`, which may hold files the test prepared (a certificate, say).
+    pub async fn start_in(dir: tempfile::TempDir, upstream_url: &str, extra: &str) -> Self {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let config = write(
             dir.path(),
@@ -232,4 +239,3 @@ impl Served {
         (status, self.log, stderr)
     }
 }
-

@@ -114,3 +114,49 @@ pub async fn h2_raw(client: &TlsClient, fields: &[(&str, &[u8])], data: Option<&
         }
     }
 }
+
+pub const H2_WINDOW_UPDATE: u8 = 0x8;
+/// SETTINGS_INITIAL_WINDOW_SIZE (RFC 9113 §6.5.2).
+const SETTINGS_INITIAL_WINDOW_SIZE: u16 = 0x4;
+/// The largest flow-control window HTTP/2 allows (RFC 9113 §6.9.1).
+pub const MAX_WINDOW: u32 = (1 << 31) - 1;
+
+/// Opens an HTTP/2 connection that gives the proxy the largest flow-control window there is
+/// (SETTINGS for every stream, WINDOW_UPDATE for the connection), sends a GET for each of
+/// `paths` on streams 1, 3, 5, ... and returns the connection unread: a client that makes the
+/// proxy hold whatever it has to send. Drop it to leave.
+pub async fn h2_never_reading(
+    client: &TlsClient,
+    paths: &[String],
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut stream = client.connect(&[b"h2"]).await;
+    let mut out = H2_PREFACE.to_vec();
+    let mut settings = SETTINGS_INITIAL_WINDOW_SIZE.to_be_bytes().to_vec();
+    settings.extend(MAX_WINDOW.to_be_bytes());
+    out.extend(h2_frame(H2_SETTINGS, 0, 0, &settings));
+    let connection_increment = MAX_WINDOW - 65_535;
+    out.extend(h2_frame(
+        H2_WINDOW_UPDATE,
+        0,
+        0,
+        &connection_increment.to_be_bytes(),
+    ));
+    for (i, path) in paths.iter().enumerate() {
+        let fields: [(&str, &[u8]); 4] = [
+            (":method", b"GET"),
+            (":scheme", b"https"),
+            (":authority", b"localhost"),
+            (":path", path.as_bytes()),
+        ];
+        let id = 1 + 2 * i as u32;
+        out.extend(h2_frame(
+            H2_HEADERS,
+            END_HEADERS | END_STREAM,
+            id,
+            &hpack_block(&fields),
+        ));
+    }
+    stream.write_all(&out).await.expect("h2 write");
+    stream.flush().await.expect("h2 flush");
+    stream
+}

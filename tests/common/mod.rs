@@ -202,11 +202,17 @@ impl TlsClient {
 
     /// A verified TLS connection to the proxy as `localhost`.
     pub async fn connect(&self, alpn: &[&[u8]]) -> TlsStream<TcpStream> {
+        self.try_connect(alpn)
+            .await
+            .expect("TLS handshake with the proxy")
+    }
+
+    /// The same, with the handshake's failure as an error (bounded by [`STEP`]).
+    pub async fn try_connect(&self, alpn: &[&[u8]]) -> std::io::Result<TlsStream<TcpStream>> {
         let connector = TlsConnector::from(Arc::new(self.tls_config(alpn)));
         let tcp = tokio::time::timeout(STEP, TcpStream::connect(self.addr))
             .await
-            .expect("connect in time")
-            .expect("connect");
+            .expect("connect in time")?;
         // As a real client does: no Nagle delay between a request's HEADERS and DATA frames.
         let _ = tcp.set_nodelay(true);
         tokio::time::timeout(
@@ -215,7 +221,6 @@ impl TlsClient {
         )
         .await
         .expect("handshake in time")
-        .expect("TLS handshake with the proxy")
     }
 
     /// Sends one request over a new HTTP/1.1 connection.
