@@ -8,7 +8,10 @@
 //! | --- | --- |
 //! | [`config`] | the `proxy.toml` schema, env overrides, validation |
 //! | [`tls`] | certificates, the dev certificate, rustls settings |
-//! | `server` | accept loop, connection timeouts, graceful drain |
+//! | `server` | accept loop, admission, first-request and idle timeouts, graceful drain |
+//! | `connection` | one client connection's slot, per-IP count and requests in flight |
+//! | `tunnel` | WebSocket tunnels and their idle timeout |
+//! | [`path`] | how Node routers read a path (the token route's matching) |
 //! | `router` | which path goes where; errors become responses there |
 //! | [`forward`] | the upstream client, hop-by-hop headers, upgrades |
 //! | [`auth`] | session-token verification: keys (JWKS, PEM, dev), claims, cache |

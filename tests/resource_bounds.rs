@@ -57,6 +57,12 @@ fn knob(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// `HOSTILE_REPORT_ONLY=1`: print the figures without judging them (the benchmark measures an
+/// older build with these tests too).
+fn report_only() -> bool {
+    std::env::var_os("HOSTILE_REPORT_ONLY").is_some()
+}
+
 /// Warm-up: a few requests, so the growth measured is the hostile load's alone.
 async fn warm_up(client: &TlsClient) {
     for _ in 0..20 {
@@ -93,7 +99,7 @@ async fn http2_clients_that_never_read_cost_a_bounded_amount_of_memory() {
     );
     // Before the bound: ~69 MiB per connection (400 KiB per stream, 128 streams).
     assert!(
-        per_conn <= H2_BOUND_MIB,
+        report_only() || per_conn <= H2_BOUND_MIB,
         "{per_conn:.1} MiB per connection, over {H2_BOUND_MIB} MiB"
     );
 }
@@ -124,7 +130,7 @@ async fn http1_clients_that_never_read_cost_a_bounded_amount_of_memory() {
          (+{growth_mib:.1} MiB, {per_conn_kib:.1} KiB per connection)"
     );
     assert!(
-        per_conn_kib <= H1_BOUND_KIB,
+        report_only() || per_conn_kib <= H1_BOUND_KIB,
         "{per_conn_kib:.0} KiB per connection, over {H1_BOUND_KIB} KiB"
     );
 }
