@@ -284,7 +284,7 @@ pub struct AuthConfig {
     /// The JWKS is fetched again this often in the background.
     pub jwks_refresh_interval: PositiveDuration,
     /// Tokens naming unknown `kid`s fetch the JWKS at most once per this period (a key Clerk
-    /// has just published is accepted within it).
+    /// has just published is fetched within it of the first token naming it).
     pub jwks_refetch_cooldown: PositiveDuration,
     /// One JWKS fetch must finish within this time.
     pub jwks_timeout: PositiveDuration,
