@@ -25,7 +25,8 @@ def b64(b):
 
 HDR = '{"alg":"RS256","kid":"ins_2abc","typ":"JWT"}'
 PAY = ('{"azp":"https://app.example.com","exp":1700003600,"iat":1700000000,'
-       '"iss":"https://clerk.fuzz.invalid","nbf":1700000000,"sid":"sess_2abc","sub":"user_2abc"}')
+       '"iss":"https://clerk.fuzz.invalid","nbf":1700000000,"sid":"sess_2abc","sts":"active",'
+       '"sub":"user_2abc","v":2}')
 JWT = f"{b64(HDR)}.{b64(PAY)}.{b64(bytes(range(64)))}"
 NONE_HDR = '{"alg":"none"}'
 HS_HDR = '{"alg":"HS256","typ":"JWT"}'
@@ -52,7 +53,7 @@ w("session_token", "raw-two-parts", b"\x00\x3cabc.def")
 w("session_token", "raw-four-parts", b"\x00\x3ca.b.c.d")
 w("session_token", "payload-good", b"\x01\x3c" + PAY.encode())
 w("session_token", "payload-good-pem", b"\x09\x3c" + PAY.encode())
-w("session_token", "payload-float-times", b"\x01\x3c" + b'{"azp":"https://app.example.com","exp":1700003600.5,"iat":1.7e9,"iss":"https://clerk.fuzz.invalid/","sub":"user_2abc"}')
+w("session_token", "payload-float-times", b"\x01\x3c" + b'{"azp":"https://app.example.com","exp":1700003600.5,"iat":1.7e9,"iss":"https://clerk.fuzz.invalid","sid":"s","sub":"user_2abc"}')
 w("session_token", "payload-expired", b"\x01\xff" + PAY.encode())
 w("session_token", "payload-wrong-azp", b"\x01\x3c" + PAY.replace("app.example.com", "evil.example").encode())
 w("session_token", "payload-bad-sub", b"\x01\x3c" + PAY.replace("user_2abc", "a/b c").encode())
@@ -66,6 +67,22 @@ w("session_token", "header-unknown-kid", b'\x02\x3c{"alg":"ES256","kid":"rotated
 w("session_token", "header-none", b'\x02\x3c{"alg":"none"}')
 w("session_token", "header-dup-alg", b'\x02\x3c{"alg":"ES256","alg":"none"}')
 w("session_token", "both", b'\x03\x3c{"alg":"ES256","kid":"fuzz-ec"}\xff' + PAY.encode())
+# Clerk's token kinds and session states (issue 15): header index 4 is Clerk's session header.
+CLERK_HDR = '{"alg":"ES256","cat":"cl_B7d4PD111AAA","kid":"fuzz-ec","typ":"JWT"}'
+w("session_token", "payload-clerk-header", b"\x41\x3c" + PAY.encode())
+w("session_token", "payload-pending", b"\x41\x3c" + PAY.replace('"active"', '"pending"').encode())
+w("session_token", "payload-pending-pem", b"\x49\x3c" + PAY.replace('"active"', '"pending"').encode())
+w("session_token", "payload-no-sid", b"\x41\x3c" + PAY.replace('"sid":"sess_2abc",', "").encode())
+w("session_token", "payload-machine", b"\x41\x3c" + PAY.replace("user_2abc", "mch_2abc").encode())
+w("session_token", "payload-issuer-slash", b"\x41\x3c" + PAY.replace('invalid"', 'invalid/"').encode())
+for name, header in [
+    ("header-template", CLERK_HDR.replace("111AAA", "222AAA")),
+    ("header-m2m", CLERK_HDR.replace("111AAA", "333AAA")),
+    ("header-ignore", CLERK_HDR.replace("B7d4PD111AAA", "I7d4PD111III")),
+    ("header-at-jwt", CLERK_HDR.replace('"JWT"', '"at+jwt"')),
+    ("header-crit", CLERK_HDR.replace("{", '{"crit":["b64"],"b64":false,', 1)),
+]:
+    w("session_token", name, b"\x02\x3c" + header.encode())
 
 # jwks: documents, public keys only.
 RSA_N = ("sXchDaQebHnPiGvyDOAT4saGEUetSyo9MKLOoWFsueri23bOdgWp4Dy1WlUzewbgBHod5pcM9H95GQRV3JDXboIRROSBig"

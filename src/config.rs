@@ -291,8 +291,8 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    /// Expected `iss`: your Clerk Frontend API URL, e.g. `https://clerk.example.com`.
-    /// Required outside the dev profile.
+    /// Expected `iss`: your Clerk Frontend API URL, e.g. `https://clerk.example.com`, compared
+    /// byte for byte. Required outside the dev profile.
     pub issuer: Option<String>,
     /// Clerk's JWKS, `https://<frontend-api>/.well-known/jwks.json`. `http://` only on loopback.
     pub jwks_url: Option<JwksUrl>,
@@ -311,7 +311,8 @@ pub struct AuthConfig {
     pub leeway: Duration,
     /// The JWKS is fetched again this often in the background.
     pub jwks_refresh_interval: PositiveDuration,
-    /// A token naming an unknown `kid` fetches the JWKS at most once per this period.
+    /// Tokens naming unknown `kid`s fetch the JWKS at most once per this period (a key Clerk
+    /// has just published is fetched within it of the first token naming it).
     pub jwks_refetch_cooldown: PositiveDuration,
     /// One JWKS fetch must finish within this time.
     pub jwks_timeout: PositiveDuration,
@@ -319,6 +320,9 @@ pub struct AuthConfig {
     pub session_cookie: bool,
     /// Verified session tokens remembered (by hash) so they are not verified with RSA again.
     pub verified_cache_size: usize,
+    /// Accept sessions whose `sts` is `pending` (unfinished session tasks, e.g. choosing an
+    /// organization), which Clerk's SDKs treat as signed out by default.
+    pub accept_pending_sessions: bool,
     /// Let the dev key or dev issuer run on a non-loopback listener (a LAN phone, say).
     pub allow_dev_on_public_listener: bool,
 }
@@ -335,10 +339,11 @@ impl Default for AuthConfig {
             algorithms: vec![AllowedAlgorithm(jsonwebtoken::Algorithm::RS256)],
             leeway: Duration::from_secs(5),
             jwks_refresh_interval: PositiveDuration::secs(300),
-            jwks_refetch_cooldown: PositiveDuration::secs(30),
+            jwks_refetch_cooldown: PositiveDuration::secs(5),
             jwks_timeout: PositiveDuration::secs(5),
             session_cookie: false,
             verified_cache_size: 10_000,
+            accept_pending_sessions: false,
             allow_dev_on_public_listener: false,
         }
     }
@@ -1004,6 +1009,27 @@ impl Config {
         Ok(())
     }
 
+    /// Settings that are valid but probably wrong; `check-config` prints them and `serve`
+    /// logs them. (The issuer is compared byte for byte, so a stray `/` refuses every token.)
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if let Some(issuer) = self.auth.issuer.as_deref() {
+            if issuer.ends_with('/') {
+                warnings.push(format!(
+                    "auth.issuer `{issuer}` ends with `/`; Clerk's `iss` has no trailing slash \
+                     and is compared byte for byte, so tokens will be refused as wrong_issuer"
+                ));
+            }
+            if !self.dev && !issuer.starts_with("https://") {
+                warnings.push(format!(
+                    "auth.issuer `{issuer}` is not an https:// URL; Clerk's Frontend API URL \
+                     always is"
+                ));
+            }
+        }
+        warnings
+    }
+
     /// Reads the Stream secret from `stream.api_secret_file` unless the environment gave it.
     /// A dev config may lack the file: `start` generates one.
     pub fn load_secret(&mut self) -> Result<(), ConfigError> {
@@ -1207,6 +1233,32 @@ mod tests {
             format!("{PROD}\n[upstream]\nresponse_timeout = \"1s\"\npool_idle_timeout = {huge}\n");
         let err = validated(&text).unwrap_err();
         assert!(err.to_string().contains("pool_idle_timeout"), "{err}");
+    }
+
+    #[test]
+    fn check_config_warns_about_an_issuer_that_cannot_match() {
+        assert!(validated(PROD).unwrap().warnings().is_empty());
+        let slash = validated(&PROD.replace(
+            "issuer = \"https://clerk.example.com\"",
+            "issuer = \"https://clerk.example.com/\"",
+        ))
+        .unwrap();
+        let warnings = slash.warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("ends with `/`"), "{warnings:?}");
+        let plain =
+            validated(&PROD.replace("https://clerk.example.com\"", "http://clerk.example.com\""))
+                .unwrap();
+        assert!(plain.warnings()[0].contains("not an https:// URL"));
+        let mut dev = plain;
+        dev.dev = true;
+        assert!(dev.warnings().is_empty(), "a dev issuer may be plain http");
+        assert_eq!(
+            AuthConfig::default().jwks_refetch_cooldown.0,
+            Duration::from_secs(5),
+            "a rotated key is fetched within 5 s"
+        );
+        assert!(!AuthConfig::default().accept_pending_sessions);
     }
 
     #[test]

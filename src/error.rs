@@ -203,6 +203,12 @@ fn auth_message(e: &AuthError) -> &'static str {
         AuthError::Expired => "The session token has expired; get a fresh one from Clerk.",
         AuthError::NotYetValid => "The session token is not valid yet; check the device clock.",
         AuthError::WrongIssuer => "The session token comes from another Clerk instance.",
+        AuthError::WrongTokenType(_) => {
+            "Only a Clerk session token is accepted here, not a JWT template, machine or OAuth token."
+        }
+        AuthError::SessionPending => {
+            "The session has pending tasks; finish signing in, then send a fresh session token."
+        }
         AuthError::UnauthorizedParty { .. } => {
             "This app is not an authorized party for the session."
         }

@@ -81,6 +81,9 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             }
+            for warning in config.warnings() {
+                eprintln!("warning: {warning}");
+            }
             println!(
                 "configuration OK: listen {} ({}), upstream {}, keys from {}{}",
                 config.server.listen,
@@ -135,6 +138,9 @@ fn init_logging(config: &Config) {
 
 fn serve(config: Config) -> ExitCode {
     init_logging(&config);
+    for warning in config.warnings() {
+        warn!("{warning}");
+    }
     // The workers run their own single-threaded runtimes; this one carries the admin listener,
     // key refresh, reloads and signals.
     let runtime = match tokio::runtime::Builder::new_current_thread()

@@ -223,6 +223,8 @@ impl Metrics {
         }
     }
 
+    /// `reason` is the refusal's error code (`AuthError::code`: `bad_signature`,
+    /// `wrong_token_type`, `session_pending`, ...), one fixed word per kind of refusal.
     pub fn verification_failure(&self, reason: &'static str) {
         self.verification_failures
             .get_or_create(&ReasonLabel { reason })

@@ -209,6 +209,41 @@ fn check_config_accepts_a_good_file() {
 }
 
 #[test]
+fn check_config_warns_about_an_issuer_that_cannot_match_clerks() {
+    let dir = tempfile::tempdir().unwrap();
+    prod_secret(dir.path());
+    let text = format!("[upstream]\nurl = \"http://127.0.0.1:3002\"\n{PROD_AUTH}");
+    let issuer = |value: &str| {
+        let text = text.replace("https://clerk.example.com\"", &format!("{value}\""));
+        let config = write(dir.path(), "issuer.toml", &text);
+        run(
+            dir.path(),
+            &["--config", &config, "check-config", "--no-tls-files"],
+            STEP,
+        )
+    };
+    let slash = issuer("https://clerk.example.com/");
+    // Valid (exit 0), but said: a trailing slash refuses every Clerk token.
+    assert!(slash.status.success(), "{}", slash.all());
+    assert!(
+        slash
+            .stderr
+            .contains("warning: auth.issuer `https://clerk.example.com/` ends with `/`"),
+        "{}",
+        slash.all()
+    );
+    let plain = issuer("http://clerk.example.com");
+    assert!(plain.status.success(), "{}", plain.all());
+    assert!(
+        plain.stderr.contains("is not an https:// URL"),
+        "{}",
+        plain.all()
+    );
+    let exact = issuer("https://clerk.example.com");
+    assert!(!exact.stderr.contains("warning"), "{}", exact.all());
+}
+
+#[test]
 fn check_config_names_file_line_column_and_problem() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [

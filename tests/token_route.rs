@@ -13,18 +13,6 @@ use http::{Request, StatusCode};
 use serde_json::{Value, json};
 use stream_token_proxy::config::PositiveDuration;
 
-fn token_request(token: Option<&str>) -> http::request::Builder {
-    let mut builder = Request::post("/api/stream/token").header("host", "localhost");
-    if let Some(token) = token {
-        builder = builder.header("authorization", format!("Bearer {token}"));
-    }
-    builder
-}
-
-fn post(token: &str) -> Request<TestBody> {
-    token_request(Some(token)).body(empty()).unwrap()
-}
-
 fn post_json(token: &str, body: &str) -> Request<TestBody> {
     token_request(Some(token))
         .header("content-type", "application/json")
@@ -50,44 +38,6 @@ fn verify_stream_token(token: &str) -> (Value, Value) {
     )
     .unwrap();
     (header, data.claims)
-}
-
-struct Fixture {
-    _upstream: NodeUpstream,
-    jwks: JwksServer,
-    key: ClerkKey,
-    proxy: TestProxy,
-}
-
-async fn fixture(tweak: impl FnOnce(&mut stream_token_proxy::Config)) -> Fixture {
-    let upstream = NodeUpstream::start();
-    let key = ClerkKey::generate("ins_key_1");
-    let jwks = JwksServer::start(&[&key]).await;
-    let url = jwks.url();
-    let proxy = TestProxy::start(&upstream.url(), |c| {
-        use_jwks(c, &url);
-        tweak(c);
-    })
-    .await;
-    wait_until_token_route_ready(&proxy.client(), &key).await;
-    Fixture {
-        _upstream: upstream,
-        jwks,
-        key,
-        proxy,
-    }
-}
-
-/// Bounded wait for the first JWKS fetch: the route answers 503 until keys are loaded.
-async fn wait_until_token_route_ready(client: &TlsClient, key: &ClerkKey) {
-    for _ in 0..100 {
-        let response = client.h2(post(&key.sign(&claims("user_ready")))).await;
-        if response.status() != StatusCode::SERVICE_UNAVAILABLE {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the token route never became ready");
 }
 
 #[tokio::test]
@@ -554,44 +504,184 @@ async fn jwks_down_later_keeps_the_cached_keys() {
     );
 }
 
+/// `token` with its header swapped for Clerk's header naming `kid` (the signature no longer
+/// matches, which an unknown `kid` never gets to).
+fn naming_kid(token: &str, kid: &str) -> String {
+    let header = json!({"alg": "RS256", "cat": CAT_SESSION, "kid": kid, "typ": "JWT"});
+    let rest = token.split_once('.').unwrap().1;
+    format!("{}.{rest}", URL_SAFE_NO_PAD.encode(header.to_string()))
+}
+
+/// Sends every token at once, spread over ten HTTP/2 connections; the answers, in order.
+async fn send_all(client: &TlsClient, tokens: Vec<String>) -> Vec<(StatusCode, String)> {
+    // 32 connections: at most 32 streams each (the proxy's default) keeps all of them in
+    // flight at once; one answer first on each, so the client knows that limit before the
+    // burst (streams sent before the SETTINGS arrive would be refused).
+    let mut connections = Vec::new();
+    for _ in 0..32 {
+        let mut h2 = client.h2_conn().await;
+        let hello = Request::get("https://localhost/api/hello")
+            .body(empty())
+            .unwrap();
+        send_h2(&mut h2, hello).await;
+        connections.push(h2);
+    }
+    let tasks: Vec<_> = tokens
+        .into_iter()
+        .enumerate()
+        .map(|(i, token)| {
+            let mut sender = connections[i % connections.len()].clone();
+            tokio::spawn(async move {
+                let request = sender.send_request(post(&token));
+                let response = tokio::time::timeout(STEP, request)
+                    .await
+                    .expect("answered in time")
+                    .expect("h2 response");
+                let status = response.status();
+                (
+                    status,
+                    body_json(response).await["error"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                )
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.push(task.await.unwrap());
+    }
+    answers
+}
+
 #[tokio::test]
-async fn a_thousand_random_kids_cause_at_most_a_handful_of_fetches() {
+async fn a_key_published_during_the_cool_down_is_accepted_within_it_while_a_flood_of_kids_stays_bounded()
+ {
+    // The shipped cool-down and JWKS timeout (5 s each), and the time line.
     let f = fixture(|_| {}).await;
-    let before = f.jwks.hits();
-    let stranger = ClerkKey::generate("x");
+    let cooldown = stream_token_proxy::config::AuthConfig::default()
+        .jwks_refetch_cooldown
+        .0;
+    assert_eq!(cooldown, Duration::from_secs(5));
     let client = f.proxy.client();
-    let mut sender = client.h2_conn().await;
-    // One answer first: the proxy's SETTINGS (at most 32 streams at once) have arrived, so
-    // the client queues streams beyond that instead of having them refused.
-    let hello = Request::get("https://localhost/api/hello")
-        .body(empty())
-        .unwrap();
-    send_h2(&mut sender, hello).await;
-    let mut tasks = Vec::new();
-    for i in 0..1000 {
-        let mut sender = sender.clone();
-        let token = stranger.sign_as(&format!("kid_{i}_{}", now()), &claims("user_1"));
-        tasks.push(tokio::spawn(async move {
-            let response = sender
-                .send_request(post(&token))
-                .await
-                .expect("h2 response");
-            response.status()
-        }));
-        if tasks.len() >= 50 {
-            for t in tasks.drain(..) {
-                assert_eq!(t.await.unwrap(), StatusCode::UNAUTHORIZED);
-            }
-        }
-    }
-    for t in tasks {
-        assert_eq!(t.await.unwrap(), StatusCode::UNAUTHORIZED);
-    }
-    let fetched = f.jwks.hits() - before;
+    let stranger = ClerkKey::generate("ins_stranger");
+    let key_y = ClerkKey::generate("ins_key_y");
+    let y_token = key_y.sign(&claims("user_y"));
+    let signed = stranger.sign(&claims("user_random"));
+    let flood: Vec<String> = (0..1000)
+        .map(|i| naming_kid(&signed, &format!("kid_random_{i}")))
+        .collect();
+    let before = f.jwks.hits();
+
+    // t0: a token naming the unknown kid X fetches the JWKS once.
+    let t0 = tokio::time::Instant::now();
+    let x_token = stranger.sign_as("ins_key_x", &claims("user_x"));
+    let x = answer(&client, &x_token).await;
+    assert_eq!(x, (StatusCode::UNAUTHORIZED, "unknown_key".into()));
+    assert_eq!(f.jwks.hits(), before + 1, "X was looked for");
+
+    // Meanwhile, 1,000 random kids.
+    let flooding = {
+        let client = f.proxy.client();
+        tokio::spawn(async move { send_all(&client, flood).await })
+    };
+
+    // t0 + 1 s: Clerk publishes Y. t0 + 2 s: the first token signed with it.
+    tokio::time::sleep_until(t0 + Duration::from_secs(1)).await;
+    f.jwks.set_keys(&[&f.key, &key_y]);
+    tokio::time::sleep_until(t0 + Duration::from_secs(2)).await;
+    let y = answer(&client, &y_token).await;
+    let accepted_at = t0.elapsed();
+    assert_eq!(y, (StatusCode::OK, String::new()), "the Y token");
     assert!(
-        fetched <= 2,
-        "1000 unknown kids caused {fetched} JWKS fetches"
+        accepted_at <= Duration::from_secs(7),
+        "accepted {accepted_at:?} after t0"
     );
+    // It waited for the cool-down since X's fetch to end: no fetch in between.
+    assert!(accepted_at >= cooldown, "accepted {accepted_at:?} after t0");
+
+    for (i, answer) in flooding.await.unwrap().into_iter().enumerate() {
+        assert_eq!(
+            answer,
+            (StatusCode::UNAUTHORIZED, "unknown_key".into()),
+            "random kid {i}"
+        );
+    }
+    let elapsed = t0.elapsed();
+    let fetched = f.jwks.hits() - before;
+    let allowed = 1 + (elapsed.as_millis() / cooldown.as_millis()) as usize;
+    assert!(
+        fetched <= allowed,
+        "{fetched} JWKS fetches in {elapsed:?} (one per {cooldown:?} allowed: {allowed})"
+    );
+}
+
+#[tokio::test]
+async fn fifty_concurrent_requests_for_a_new_kid_share_one_fetch() {
+    let cooldown = Duration::from_millis(500);
+    let f = fixture(|c| c.auth.jwks_refetch_cooldown = PositiveDuration(cooldown)).await;
+    let key_z = ClerkKey::generate("ins_key_z");
+    f.jwks.set_keys(&[&f.key, &key_z]);
+    let tokens = (0..50)
+        .map(|i| key_z.sign(&claims(&format!("user_z{i}"))))
+        .collect();
+    let before = f.jwks.hits();
+    for (i, answer) in send_all(&f.proxy.client(), tokens)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        assert_eq!(answer, (StatusCode::OK, String::new()), "request {i}");
+    }
+    assert_eq!(f.jwks.hits(), before + 1, "one fetch for all fifty");
+    // And none left scheduled behind them.
+    tokio::time::sleep(cooldown + Duration::from_millis(300)).await;
+    assert_eq!(f.jwks.hits(), before + 1, "no trailing fetch");
+}
+
+#[tokio::test]
+async fn a_key_removed_from_the_jwks_is_refused_after_the_refresh_even_when_cached() {
+    let cooldown = Duration::from_millis(300);
+    let f = fixture(|c| c.auth.jwks_refetch_cooldown = PositiveDuration(cooldown)).await;
+    let client = f.proxy.client();
+    let key_b = ClerkKey::generate("ins_key_b");
+    f.jwks.set_keys(&[&f.key, &key_b]);
+    let cached = key_b.sign(&claims("user_b"));
+    let ok = (StatusCode::OK, String::new());
+    assert_eq!(answer(&client, &cached).await, ok, "B fetched on demand");
+    let hits = f.jwks.hits();
+    assert_eq!(answer(&client, &cached).await, ok, "from the cache");
+    assert_eq!(f.jwks.hits(), hits);
+
+    // Clerk drops B. Until the proxy refreshes, it cannot know.
+    f.jwks.set_keys(&[&f.key]);
+    assert_eq!(answer(&client, &cached).await, ok, "before the refresh");
+
+    // A refresh (here: a token naming an unknown kid, once the cool-down allows).
+    tokio::time::sleep(cooldown + Duration::from_millis(100)).await;
+    let unknown = key_b.sign_as("ins_key_unknown", &claims("user_b"));
+    let refused = (StatusCode::UNAUTHORIZED, "unknown_key".to_string());
+    assert_eq!(answer(&client, &unknown).await, refused);
+    assert_eq!(f.jwks.hits(), hits + 1, "refreshed");
+
+    // B's tokens are refused at once, the cached one too, without another fetch.
+    let started = std::time::Instant::now();
+    assert_eq!(
+        answer(&client, &cached).await,
+        refused,
+        "the cached session"
+    );
+    let fresh = key_b.sign(&claims("user_b2"));
+    assert_eq!(answer(&client, &fresh).await, refused, "a new B token");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(f.jwks.hits(), hits + 1, "a removed kid fetches nothing");
+    // The key that stayed works as before.
+    assert_eq!(answer(&client, &f.key.sign(&claims("user_a"))).await, ok);
 }
 
 #[tokio::test]

@@ -52,7 +52,7 @@ static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
     pkcs8.extend_from_slice(seed.as_ref());
     let signer = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &pkcs8).unwrap();
     let payload = URL_SAFE_NO_PAD.encode(format!(
-        r#"{{"sub":"user_fuzz","iss":"https://clerk.fuzz.invalid","iat":{NOW},"exp":{}}}"#,
+        r#"{{"sub":"user_fuzz","sid":"sess_fuzz","iss":"https://clerk.fuzz.invalid","iat":{NOW},"exp":{}}}"#,
         NOW + 600
     ));
     let part = |header: &str| format!("{}.{payload}", URL_SAFE_NO_PAD.encode(header));

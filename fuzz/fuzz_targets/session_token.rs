@@ -7,15 +7,19 @@
 //!
 //! Input: byte 0 = flags, byte 1 = clock knob (`now` = 1_700_000_000 − 3600 + 60·knob), rest:
 //! - mode 0: the rest is the token, as is;
-//! - mode 1: a fixed good header (one of four) + the rest as the payload JSON, signed;
+//! - mode 1: a fixed good header (one of six) + the rest as the payload JSON, signed;
 //! - mode 2: the rest as the header JSON + a fixed good payload, signed;
 //! - mode 3: header JSON and payload JSON separated by 0xFF, signed.
-//! Flag bit 2 corrupts the signature; bit 3 picks the PEM store instead of the JWKS.
+//! Flag bit 2 corrupts the signature; bit 3 picks the PEM store (which accepts pending
+//! sessions) instead of the JWKS (which does not).
 //!
 //! Checked: no panic, no hang; never `keys_unavailable`; a PEM store never says `unknown_key`;
 //! a corrupted signature never verifies; a verified session agrees with the token's claims
-//! (sub, exp, nbf, iat, iss, azp, alg); verifying twice agrees (the cache path and the full
-//! path); after `exp` + leeway both the cached and the uncached answer are `token_expired`.
+//! (sub, exp, nbf, iat, iss byte for byte, azp, alg) and is a Clerk session (no `crit`; `typ`
+//! absent or `JWT`; `cat` absent, session or ignore; a non-empty string `sid`; no `mch_`
+//! subject; `sts` absent, `active`, or `pending` where allowed); verifying twice agrees (the
+//! cache path and the full path); after `exp` + leeway both the cached and the uncached answer
+//! are `token_expired`.
 #![no_main]
 
 use std::sync::{Arc, LazyLock};
@@ -81,13 +85,14 @@ fn p256_public_pem(point: &[u8]) -> String {
     pem
 }
 
-fn config(algorithms: &[Algorithm], issuer: &str, parties: &[&str]) -> AuthConfig {
+fn config(algorithms: &[Algorithm], parties: &[&str], accept_pending: bool) -> AuthConfig {
     AuthConfig {
-        issuer: Some(issuer.to_owned()),
+        issuer: Some(ISSUER.to_owned()),
         algorithms: algorithms.iter().map(|a| AllowedAlgorithm(*a)).collect(),
         authorized_parties: parties.iter().map(|p| p.to_string()).collect(),
         leeway: Duration::from_secs(LEEWAY),
         verified_cache_size: 16,
+        accept_pending_sessions: accept_pending,
         ..AuthConfig::default()
     }
 }
@@ -122,23 +127,24 @@ static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
         rng: SystemRandom::new(),
         jwks: Arc::new(KeyStore::from_key_set(set, metrics)),
         pem: Arc::new(pem),
-        // Issuer with a trailing slash: the verifier trims it.
         jwks_config: config(
             &[Algorithm::RS256, Algorithm::ES256, Algorithm::PS256],
-            "https://clerk.fuzz.invalid/",
             &[PARTY],
+            false,
         ),
-        pem_config: config(&[Algorithm::ES256, Algorithm::RS256], ISSUER, &[]),
+        pem_config: config(&[Algorithm::ES256, Algorithm::RS256], &[], true),
     }
 });
 
-const GOOD_HEADERS: [&str; 4] = [
+const GOOD_HEADERS: [&str; 6] = [
     r#"{"alg":"ES256","kid":"fuzz-ec","typ":"JWT"}"#,
     r#"{"alg":"ES256","typ":"JWT"}"#,
     r#"{"alg":"ES256","kid":"fuzz-rsa"}"#,
     r#"{"alg":"RS256","kid":"fuzz-ec"}"#,
+    r#"{"alg":"ES256","cat":"cl_B7d4PD111AAA","kid":"fuzz-ec","typ":"JWT"}"#,
+    r#"{"alg":"ES256","cat":"cl_I7d4PD111III","kid":"fuzz-ec","typ":"jwt"}"#,
 ];
-const GOOD_PAYLOAD: &str = r#"{"azp":"https://app.example.com","exp":1700003600,"iat":1700000000,"iss":"https://clerk.fuzz.invalid","nbf":1700000000,"sid":"sess_2abc","sub":"user_2abc"}"#;
+const GOOD_PAYLOAD: &str = r#"{"azp":"https://app.example.com","exp":1700003600,"iat":1700000000,"iss":"https://clerk.fuzz.invalid","nbf":1700000000,"sid":"sess_2abc","sts":"active","sub":"user_2abc","v":2}"#;
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < 2 {
@@ -168,7 +174,10 @@ fuzz_target!(|data: &[u8]| {
     };
     let token = match flags & 3 {
         0 => String::from_utf8_lossy(rest).into_owned(),
-        1 => signed(GOOD_HEADERS[usize::from(flags >> 4) % 4].as_bytes(), rest),
+        1 => signed(
+            GOOD_HEADERS[usize::from(flags >> 4) % GOOD_HEADERS.len()].as_bytes(),
+            rest,
+        ),
         2 => signed(rest, GOOD_PAYLOAD.as_bytes()),
         _ => {
             let at = rest.iter().position(|b| *b == 0xff).unwrap_or(rest.len());
@@ -199,7 +208,7 @@ fuzz_target!(|data: &[u8]| {
         Err(e) => assert!(!e.code().is_empty()),
         Ok(session) => {
             assert!(!tampered, "a corrupted signature verified");
-            check_session(&token, &session, config, now, !use_pem);
+            check_session(&token, &session, config, now);
             // Later than exp + leeway: the cached answer and the full check both refuse it.
             let expiry = session.expires_at.saturating_add(LEEWAY);
             if expiry < u64::MAX {
@@ -218,6 +227,12 @@ fuzz_target!(|data: &[u8]| {
 #[derive(Deserialize)]
 struct Header {
     alg: String,
+    #[serde(default)]
+    typ: Present,
+    #[serde(default)]
+    cat: Present,
+    #[serde(default)]
+    crit: Present,
 }
 
 #[derive(Deserialize)]
@@ -228,6 +243,26 @@ struct Claims {
     exp: Option<Value>,
     nbf: Option<Value>,
     iat: Option<Value>,
+    #[serde(default)]
+    sid: Present,
+    #[serde(default)]
+    sts: Present,
+}
+
+/// A member as sent: `None` when absent, `Some(Value::Null)` for `null`.
+#[derive(Default)]
+struct Present(Option<Value>);
+
+impl<'de> Deserialize<'de> for Present {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Value::deserialize(d).map(|v| Present(Some(v)))
+    }
+}
+
+impl Present {
+    fn str(&self) -> Option<&str> {
+        self.0.as_ref().and_then(Value::as_str)
+    }
 }
 
 fn decode<T: DeserializeOwned>(part: &str) -> T {
@@ -252,7 +287,6 @@ fn check_session(
     session: &stream_token_proxy::auth::Session,
     config: &AuthConfig,
     now: u64,
-    check_azp: bool,
 ) {
     let mut parts = token.split('.');
     let header: Header = decode(parts.next().unwrap());
@@ -268,9 +302,28 @@ fn check_session(
         "alg {alg} is not allowed"
     );
     assert!(!matches!(alg, "none" | "HS256" | "HS384" | "HS512"));
+    assert!(header.crit.0.is_none(), "a crit header verified");
+    assert!(
+        header.typ.0.is_none() || header.typ.str().is_some_and(|t| t.eq_ignore_ascii_case("JWT")),
+        "typ {:?}",
+        header.typ.0
+    );
+    assert!(
+        header.cat.0.is_none()
+            || matches!(header.cat.str(), Some("cl_B7d4PD111AAA" | "cl_I7d4PD111III")),
+        "cat {:?}",
+        header.cat.0
+    );
+    assert!(claims.sid.str().is_some_and(|s| !s.is_empty()), "sid {:?}", claims.sid.0);
+    match claims.sts.0.as_ref().map(|v| v.as_str()) {
+        None | Some(Some("active")) => {}
+        Some(Some("pending")) => assert!(config.accept_pending_sessions, "a pending session"),
+        other => panic!("sts {other:?}"),
+    }
 
     let sub = claims.sub.as_deref().expect("sub is a string");
     assert_eq!(&*session.user_id, sub);
+    assert!(!sub.starts_with("mch_"), "a machine subject");
     assert!((1..=255).contains(&sub.len()));
     assert!(
         sub.bytes()
@@ -286,8 +339,8 @@ fn check_session(
         }
     }
     let iss = claims.iss.as_deref().expect("iss is a string");
-    assert_eq!(iss.trim_end_matches('/'), ISSUER);
-    if check_azp {
+    assert_eq!(Some(iss), config.issuer.as_deref(), "iss byte for byte");
+    if !config.authorized_parties.is_empty() {
         assert_eq!(claims.azp.as_deref(), Some(PARTY));
     }
 }

@@ -91,8 +91,8 @@ impl DevSigner {
         })
     }
 
-    /// A Clerk-shaped session token: RS256 with `kid`; `iss`, `sub`, `sid`, `azp`, `iat`,
-    /// `nbf`, `exp`.
+    /// A Clerk-shaped session token (version-2 claims): RS256 with `kid` and `typ: JWT`;
+    /// `iss`, `sub`, `sid`, `sts: active`, `azp`, `iat`, `nbf`, `exp`, `v: 2`.
     pub fn session_token(
         &self,
         claims: &DevClaims<'_>,
@@ -107,7 +107,9 @@ impl DevSigner {
             iss: claims.issuer,
             nbf: now.saturating_sub(5),
             sid: format!("sess_dev_{}", random_id()),
+            sts: "active",
             sub: claims.sub,
+            v: 2,
         };
         jsonwebtoken::encode(&header, &body, &self.encoding)
     }
@@ -130,7 +132,9 @@ struct SessionClaims<'a> {
     iss: &'a str,
     nbf: u64,
     sid: String,
+    sts: &'static str,
     sub: &'a str,
+    v: u8,
 }
 
 fn random_id() -> String {

@@ -1,10 +1,10 @@
 //! Verification keys: a static PEM key (networkless) or Clerk's JWKS, fetched over HTTPS,
-//! refreshed in the background and re-fetched for an unknown `kid` at most once per cool-down.
-//! The key set is swapped atomically; a failed fetch keeps the last good set.
+//! refreshed in the background and re-fetched for an unknown `kid` (`refetch.rs` says when).
+//! The key set is swapped atomically; a failed fetch keeps the last good set. When a new set
+//! lacks a key the old one had, sessions verified with that key leave the session caches.
 
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
@@ -22,18 +22,31 @@ use serde::Deserialize;
 use tracing::{debug, info, warn};
 
 use super::AuthError;
+use super::cache::SessionCache;
+use super::refetch::Refetch;
 use crate::config::AuthConfig;
 use crate::metrics::Metrics;
 
 /// A JWKS document larger than this is refused (Clerk's is about 1 KB).
 const MAX_JWKS_BYTES: usize = 1024 * 1024;
 const JWKS_USER_AGENT: &str = concat!("stream-token-proxy/", env!("CARGO_PKG_VERSION"));
+/// `kid`s remembered as removed from the JWKS (one per rotation; Clerk rotates rarely).
+const MAX_RETIRED_KIDS: usize = 32;
 
 /// One verification key.
 pub struct VerifyKey {
     pub decoding: DecodingKey,
     /// The JWK's `alg`, when it names one: a token must then use exactly that algorithm.
     pub alg: Option<Algorithm>,
+    pub id: KeyId,
+}
+
+/// Which key verified a session: its `kid` (none for a static PEM key) and a SHA-256 of its
+/// JWK or PEM, so a key replaced under the same `kid` counts as removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyId {
+    kid: Option<Arc<str>>,
+    digest: [u8; 32],
 }
 
 /// The keys in force.
@@ -41,11 +54,39 @@ pub struct KeySet {
     by_kid: HashMap<String, Arc<VerifyKey>>,
     /// A static key (PEM) verifies tokens whatever `kid` they name.
     any: Option<Arc<VerifyKey>>,
+    /// `kid`s that earlier sets held and this one does not: refused without a refetch (the
+    /// JWKS just said they are gone).
+    retired: HashSet<String>,
     /// When this set was fetched (or loaded).
     pub loaded_at: Instant,
 }
 
 impl KeySet {
+    /// Whether the key `id` names is still in this set, unchanged.
+    pub fn holds(&self, id: &KeyId) -> bool {
+        let key = match &id.kid {
+            Some(kid) => self.by_kid.get(&**kid),
+            None => self.any.as_ref(),
+        };
+        key.is_some_and(|k| k.id == *id)
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &Arc<VerifyKey>> {
+        self.by_kid.values().chain(&self.any)
+    }
+
+    /// Remembers the `kid`s of `previous` (and those it had retired) that this set lacks.
+    fn retire_missing(&mut self, previous: &KeySet) {
+        let gone = previous
+            .by_kid
+            .keys()
+            .chain(&previous.retired)
+            .filter(|kid| !self.by_kid.contains_key(*kid))
+            .take(MAX_RETIRED_KIDS)
+            .cloned();
+        self.retired.extend(gone);
+    }
+
     fn find(&self, kid: Option<&str>) -> Option<Arc<VerifyKey>> {
         if let Some(key) = &self.any {
             return Some(key.clone());
@@ -85,6 +126,8 @@ pub struct KeyStore {
     current: ArcSwapOption<KeySet>,
     jwks: Option<JwksSource>,
     metrics: Arc<Metrics>,
+    /// The verifiers' session caches, told when keys leave the set.
+    caches: Mutex<Vec<Weak<SessionCache>>>,
 }
 
 impl std::fmt::Debug for KeyStore {
@@ -104,12 +147,7 @@ struct JwksSource {
     client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
     timeout: Duration,
     refresh_interval: Duration,
-    cooldown: Duration,
-    /// Serialises fetches so a burst of unknown `kid`s shares one.
-    fetching: tokio::sync::Mutex<()>,
-    /// When the last unknown-`kid` fetch started (ms since `epoch`), 0 for never.
-    last_on_demand_ms: AtomicU64,
-    epoch: Instant,
+    refetch: Refetch,
 }
 
 impl KeyStore {
@@ -118,32 +156,44 @@ impl KeyStore {
         let decoding = DecodingKey::from_rsa_pem(pem)
             .or_else(|_| DecodingKey::from_ec_pem(pem))
             .map_err(|_| KeyError::BadPem)?;
+        let id = KeyId {
+            kid: None,
+            digest: super::sha256(pem),
+        };
         let set = KeySet {
             by_kid: HashMap::new(),
             any: Some(Arc::new(VerifyKey {
                 decoding,
                 alg: None,
+                id,
             })),
+            retired: HashSet::new(),
             loaded_at: Instant::now(),
         };
-        Ok(Self {
-            current: ArcSwapOption::from_pointee(set),
-            jwks: None,
+        Ok(Self::with(ArcSwapOption::from_pointee(set), None, metrics))
+    }
+
+    fn with(
+        current: ArcSwapOption<KeySet>,
+        jwks: Option<JwksSource>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            current,
+            jwks,
             metrics,
-        })
+            caches: Mutex::new(Vec::new()),
+        }
     }
 
     /// A fixed key set (a JWKS document parsed with [`parse_jwks`]), never refetched: an
     /// unknown `kid` is refused without touching the network. For tests and fuzzing.
     pub fn from_key_set(set: KeySet, metrics: Arc<Metrics>) -> Self {
-        Self {
-            current: ArcSwapOption::from_pointee(set),
-            jwks: None,
-            metrics,
-        }
+        Self::with(ArcSwapOption::from_pointee(set), None, metrics)
     }
 
-    /// Keys from a JWKS URL; none until [`KeyStore::run_refresh`] (or a request) fetches them.
+    /// Keys from a JWKS URL; none until [`KeyStore::run_refresh`] fetches them. Every fetch,
+    /// an unknown `kid`'s too, is made by that task: spawn it.
     pub fn from_jwks(
         url: Uri,
         config: &AuthConfig,
@@ -156,20 +206,27 @@ impl KeyStore {
             .enable_http1()
             .build();
         let client = Client::builder(TokioExecutor::new()).build(https);
-        Ok(Self {
-            current: ArcSwapOption::empty(),
-            jwks: Some(JwksSource {
-                url,
-                client,
-                timeout: config.jwks_timeout.0,
-                refresh_interval: config.jwks_refresh_interval.0,
-                cooldown: config.jwks_refetch_cooldown.0,
-                fetching: tokio::sync::Mutex::new(()),
-                last_on_demand_ms: AtomicU64::new(0),
-                epoch: Instant::now(),
-            }),
-            metrics,
-        })
+        let source = JwksSource {
+            url,
+            client,
+            timeout: config.jwks_timeout.0,
+            refresh_interval: config.jwks_refresh_interval.0,
+            refetch: Refetch::new(config.jwks_refetch_cooldown.0),
+        };
+        Ok(Self::with(ArcSwapOption::empty(), Some(source), metrics))
+    }
+
+    /// Registers a verifier's session cache: sessions verified with a key that leaves the set
+    /// are dropped from it when the new set is stored.
+    pub(super) fn watch_cache(&self, cache: &Arc<SessionCache>) {
+        let mut caches = self.caches.lock().unwrap_or_else(PoisonError::into_inner);
+        caches.retain(|c| c.strong_count() > 0);
+        caches.push(Arc::downgrade(cache));
+    }
+
+    /// Whether the key `id` names is still in force.
+    pub fn holds(&self, id: &KeyId) -> bool {
+        self.current.load().as_ref().is_some_and(|s| s.holds(id))
     }
 
     /// `true` once there are keys to verify with.
@@ -195,8 +252,9 @@ impl KeyStore {
         self.metrics.jwks_age.set(age);
     }
 
-    /// The key for a token's `kid`. An unknown `kid` refetches the JWKS, at most once per
-    /// cool-down; concurrent callers share one fetch.
+    /// The key for a token's `kid`. For a `kid` the set lacks, waits (at most `jwks_timeout`)
+    /// for a fetch that can bring it, as `refetch.rs` describes; a `kid` the JWKS has dropped
+    /// is refused at once.
     pub async fn key_for(&self, kid: Option<&str>) -> Result<Arc<VerifyKey>, AuthError> {
         let set = self.current.load_full().ok_or(AuthError::KeysUnavailable)?;
         if let Some(key) = set.find(kid) {
@@ -205,49 +263,54 @@ impl KeyStore {
         let (Some(source), Some(kid)) = (&self.jwks, kid) else {
             return Err(AuthError::UnknownKey);
         };
-        if !source.cooldown_over() {
+        if set.retired.contains(kid) {
             return Err(AuthError::UnknownKey);
         }
-        let _one_at_a_time = source.fetching.lock().await;
-        // While we waited, another request may have fetched the key, or used the cool-down.
-        if let Some(key) = self.current.load().as_ref().and_then(|s| s.find(Some(kid))) {
-            return Ok(key);
+        drop(set);
+        let deadline = tokio::time::Instant::now() + source.timeout;
+        let mut ticket = source.refetch.ask();
+        debug!(
+            fresh = ticket.is_fresh(),
+            "token names an unknown kid; waiting for a JWKS fetch"
+        );
+        while source.refetch.wait(ticket, deadline).await {
+            if let Some(key) = self.current.load().as_ref().and_then(|s| s.find(Some(kid))) {
+                return Ok(key);
+            }
+            if ticket.is_fresh() {
+                break;
+            }
+            ticket = source.refetch.ask_again();
         }
-        if !source.cooldown_over() {
-            return Err(AuthError::UnknownKey);
-        }
-        source.mark_on_demand();
-        debug!("token names an unknown kid; fetching the JWKS");
-        let _ = self.fetch_and_store(source).await;
-        self.current
-            .load()
-            .as_ref()
-            .and_then(|s| s.find(Some(kid)))
-            .ok_or(AuthError::UnknownKey)
+        Err(AuthError::UnknownKey)
     }
 
-    /// Background refresh: fetch now, then every `jwks_refresh_interval`. Until the first
-    /// success, retries quickly (250 ms doubling to 10 s); after a failure with keys in hand,
-    /// the old keys stay in use. Returns at once for a static key.
+    /// The one task that fetches the JWKS: now, then every `jwks_refresh_interval`, and
+    /// sooner when a token names an unknown `kid` (at most once per cool-down). Until the
+    /// first success, retries quickly (250 ms doubling to 10 s); after a failure with keys in
+    /// hand, the old keys stay in use. Returns at once for a static key.
     pub async fn run_refresh(self: Arc<Self>) {
         let Some(source) = &self.jwks else { return };
         let mut backoff = Duration::from_millis(250);
         loop {
-            let wait = {
-                let _one_at_a_time = source.fetching.lock().await;
-                match self.fetch_and_store(source).await {
-                    Ok(()) => {
-                        backoff = Duration::from_millis(250);
-                        source.refresh_interval
-                    }
-                    Err(_) => {
-                        let wait = backoff.min(source.refresh_interval);
-                        backoff = (backoff * 2).min(Duration::from_secs(10));
-                        wait
-                    }
+            let number = source.refetch.begin();
+            let fetched = self.fetch_and_store(source).await;
+            source.refetch.end(number);
+            let wait = match fetched {
+                Ok(()) => {
+                    backoff = Duration::from_millis(250);
+                    source.refresh_interval
+                }
+                Err(_) => {
+                    let wait = backoff.min(source.refresh_interval);
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    wait
                 }
             };
-            tokio::time::sleep(wait).await;
+            source
+                .refetch
+                .next_fetch(tokio::time::Instant::now() + wait)
+                .await;
         }
     }
 
@@ -261,7 +324,7 @@ impl KeyStore {
                     ms = started.elapsed().as_millis() as u64,
                     "JWKS loaded"
                 );
-                self.current.store(Some(Arc::new(set)));
+                self.install(set);
                 Ok(())
             }
             Err(e) => {
@@ -272,24 +335,36 @@ impl KeyStore {
             }
         }
     }
+
+    /// Puts `set` in force; if a key of the old set is missing from it, drops the sessions
+    /// verified with that key from every cache. (A session a request is verifying with the
+    /// old key right now may still be cached after this: the caches check `holds` on every
+    /// hit too.)
+    pub(super) fn install(&self, mut set: KeySet) {
+        let previous = self.current.load_full();
+        if let Some(previous) = &previous {
+            set.retire_missing(previous);
+        }
+        let set = Arc::new(set);
+        self.current.store(Some(set.clone()));
+        let removed = previous
+            .as_ref()
+            .map_or(0, |p| p.keys().filter(|k| !set.holds(&k.id)).count());
+        if removed == 0 {
+            return;
+        }
+        info!(
+            removed,
+            "keys left the JWKS; dropping the sessions they verified"
+        );
+        let caches = self.caches.lock().unwrap_or_else(PoisonError::into_inner);
+        for cache in caches.iter().filter_map(Weak::upgrade) {
+            cache.retain_keys(&set);
+        }
+    }
 }
 
 impl JwksSource {
-    fn now_ms(&self) -> u64 {
-        // +1 so that "never" (0) is distinct from a fetch in the first millisecond.
-        self.epoch.elapsed().as_millis() as u64 + 1
-    }
-
-    fn cooldown_over(&self) -> bool {
-        let last = self.last_on_demand_ms.load(Ordering::Relaxed);
-        last == 0 || self.now_ms().saturating_sub(last) >= self.cooldown.as_millis() as u64
-    }
-
-    fn mark_on_demand(&self) {
-        self.last_on_demand_ms
-            .store(self.now_ms(), Ordering::Relaxed);
-    }
-
     async fn fetch(&self) -> Result<KeySet, KeyError> {
         let request = Request::get(self.url.clone())
             .header(USER_AGENT, JWKS_USER_AGENT)
@@ -340,6 +415,8 @@ pub fn parse_jwks(body: &[u8]) -> Result<KeySet, KeyError> {
         .map_err(|e| KeyError::Fetch(format!("not a JWKS document: {e}")))?;
     let mut by_kid = HashMap::new();
     for value in raw.keys {
+        // Over the entry as served: a change to any member makes it another key.
+        let digest = super::sha256(value.to_string().as_bytes());
         let Ok(jwk) = serde_json::from_value::<Jwk>(value) else {
             debug!("skipping a JWKS entry this proxy cannot use");
             continue;
@@ -359,7 +436,11 @@ pub fn parse_jwks(body: &[u8]) -> Result<KeySet, KeyError> {
             .common
             .key_algorithm
             .and_then(|a| a.to_string().parse::<Algorithm>().ok());
-        by_kid.insert(kid, Arc::new(VerifyKey { decoding, alg }));
+        let id = KeyId {
+            kid: Some(Arc::from(kid.as_str())),
+            digest,
+        };
+        by_kid.insert(kid, Arc::new(VerifyKey { decoding, alg, id }));
     }
     if by_kid.is_empty() {
         return Err(KeyError::Fetch(
@@ -369,6 +450,7 @@ pub fn parse_jwks(body: &[u8]) -> Result<KeySet, KeyError> {
     Ok(KeySet {
         by_kid,
         any: None,
+        retired: HashSet::new(),
         loaded_at: Instant::now(),
     })
 }

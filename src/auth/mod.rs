@@ -1,15 +1,23 @@
-//! Clerk session-token verification: credentials, signature, claims, and a cache of sessions
-//! already verified. No HTTP responses here: errors are [`AuthError`]s that `error.rs` maps.
+//! Clerk session-token verification: credentials, signature, claims, token-type rules, and a
+//! cache of sessions already verified. No HTTP responses here: errors are [`AuthError`]s that
+//! `error.rs` maps.
 //!
-//! Order of work for a token (nothing from the token is trusted before step 4):
-//! 1. the verified-session cache, keyed by the token's SHA-256;
-//! 2. the JOSE header: `alg` must be on the allow-list (never `none` or HMAC);
-//! 3. the key for `kid` (a JWKS refetch for an unknown `kid`, at most once per cool-down);
+//! Order of work for a token (nothing from the token is trusted before step 5):
+//! 1. the verified-session cache, keyed by the token's SHA-256 (an entry counts while its key
+//!    is in the key set);
+//! 2. the JOSE header: no `crit` (RFC 7515 §4.1.11), `alg` on the allow-list (never `none`
+//!    or HMAC);
+//! 3. the key for `kid` (an unknown `kid` waits for a JWKS fetch; `keys.rs`, `refetch.rs`);
 //! 4. the signature;
-//! 5. the claims: `exp`, `nbf`, `iat` (with leeway), `iss`, `azp`, `sub`.
+//! 5. the claims: `iss` byte for byte; the token type (`typ`, `cat`, `sid`, a user `sub`:
+//!    `session_rules.rs`); `exp`, `nbf`, `iat` (with leeway); `sts`; `sub` as a Stream id;
+//!    `azp`.
 
+mod cache;
 pub mod dev;
 pub mod keys;
+mod refetch;
+mod session_rules;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -22,7 +30,10 @@ use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 
 use crate::config::AuthConfig;
+use cache::{Cached, SessionCache};
+use keys::KeyId;
 pub use keys::KeyStore;
+use session_rules::Member;
 
 /// Longest token we look at; Clerk's are about 1 KB.
 const MAX_TOKEN_LEN: usize = 16 * 1024;
@@ -50,6 +61,10 @@ pub enum AuthError {
     NotYetValid,
     #[error("the token was issued by another issuer")]
     WrongIssuer,
+    #[error("the token is not a Clerk session token: {0}")]
+    WrongTokenType(&'static str),
+    #[error("the session is pending (sts), and pending sessions are not accepted")]
+    SessionPending,
     #[error("the token's authorized party (azp) is missing or not allowed (user {user_id})")]
     UnauthorizedParty { user_id: String },
     #[error("the token's subject is not a usable Stream user id: {0}")]
@@ -70,6 +85,8 @@ impl AuthError {
             Self::Expired => "token_expired",
             Self::NotYetValid => "token_not_yet_valid",
             Self::WrongIssuer => "wrong_issuer",
+            Self::WrongTokenType(_) => "wrong_token_type",
+            Self::SessionPending => "session_pending",
             Self::UnauthorizedParty { .. } => "unauthorized_party",
             Self::InvalidSubject(_) => "invalid_subject",
             Self::KeysUnavailable => "keys_unavailable",
@@ -139,15 +156,22 @@ pub struct Verifier {
     issuer: Option<String>,
     authorized_parties: Vec<String>,
     leeway: u64,
-    /// SHA-256 of a verified token → its session. Raw tokens are never kept in memory.
-    cache: quick_cache::sync::Cache<[u8; 32], Session>,
+    accept_pending_sessions: bool,
+    cache: Arc<SessionCache>,
 }
 
-/// The JOSE header fields we read.
+/// The JOSE header members we read.
 #[derive(Deserialize)]
 struct JoseHeader {
     alg: String,
     kid: Option<String>,
+    #[serde(default)]
+    typ: Member,
+    /// Clerk's token category.
+    #[serde(default)]
+    cat: Member,
+    #[serde(default)]
+    crit: Member,
 }
 
 /// The claims we check. Numbers may be integers or floats in JSON.
@@ -159,20 +183,25 @@ struct Claims {
     exp: Option<f64>,
     nbf: Option<f64>,
     iat: Option<f64>,
+    #[serde(default)]
+    sid: Member,
+    #[serde(default)]
+    sts: Member,
 }
 
 impl Verifier {
     pub fn new(config: &AuthConfig, keys: Arc<KeyStore>) -> Self {
+        let cache = Arc::new(SessionCache::new(config.verified_cache_size));
+        keys.watch_cache(&cache);
         Self {
             keys,
             algorithms: config.algorithms.iter().map(|a| a.0).collect(),
-            issuer: config
-                .issuer
-                .as_deref()
-                .map(|i| i.trim_end_matches('/').to_owned()),
+            // Compared byte for byte: `check-config` warns about a trailing `/`.
+            issuer: config.issuer.clone(),
             authorized_parties: config.authorized_parties.clone(),
             leeway: config.leeway.as_secs(),
-            cache: quick_cache::sync::Cache::new(config.verified_cache_size.max(1)),
+            accept_pending_sessions: config.accept_pending_sessions,
+            cache,
         }
     }
 
@@ -191,20 +220,25 @@ impl Verifier {
             return Err(AuthError::Malformed("the token is too long"));
         }
         let digest = sha256(token.as_bytes());
-        if let Some(session) = self.cache.get(&digest) {
-            if now <= session.expires_at.saturating_add(self.leeway) {
-                return Ok(session);
-            }
-            self.cache.remove(&digest);
-            return Err(AuthError::Expired);
+        match self.cache.get(&digest, now, self.leeway, &self.keys) {
+            Cached::Valid(session) => return Ok(session),
+            Cached::Expired => return Err(AuthError::Expired),
+            Cached::Unknown => {}
         }
-        let session = self.verify_fresh(token, now).await?;
-        self.cache.insert(digest, session.clone());
+        let (session, key) = self.verify_uncached(token, now).await?;
+        self.cache.insert(digest, session.clone(), key);
         Ok(session)
     }
 
     /// Verifies `token` as of `now` from scratch: signature and claims, no cache.
     pub async fn verify_fresh(&self, token: &str, now: u64) -> Result<Session, AuthError> {
+        self.verify_uncached(token, now)
+            .await
+            .map(|(session, _)| session)
+    }
+
+    /// The session, and which key verified it (for the cache).
+    async fn verify_uncached(&self, token: &str, now: u64) -> Result<(Session, KeyId), AuthError> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(AuthError::Malformed("the token is too long"));
         }
@@ -218,6 +252,7 @@ impl Verifier {
             return Err(AuthError::Malformed("a JWT has three dot-separated parts"));
         }
         let header: JoseHeader = decode_part(header_b64, "the header is not base64url JSON")?;
+        session_rules::check_crit(&header.crit)?;
         let alg = self.accepted_algorithm(&header.alg)?;
         let key = self.keys.key_for(header.kid.as_deref()).await?;
         if key.alg.is_some_and(|a| a != alg) {
@@ -229,9 +264,10 @@ impl Verifier {
             _ => return Err(AuthError::BadSignature),
         }
 
-        // The signature holds: from here on the claims are the issuer's words.
+        // The signature holds: from here on the header and claims are the issuer's words.
         let claims: Claims = decode_part(payload_b64, "the claims are not base64url JSON")?;
-        self.check_claims(claims, now)
+        let session = self.check_claims(&header, claims, now)?;
+        Ok((session, key.id.clone()))
     }
 
     fn accepted_algorithm(&self, alg: &str) -> Result<Algorithm, AuthError> {
@@ -243,7 +279,46 @@ impl Verifier {
             .ok_or(AuthError::UnsupportedAlgorithm)
     }
 
-    fn check_claims(&self, claims: Claims, now: u64) -> Result<Session, AuthError> {
+    /// Whose token (`iss`), what kind (`session_rules`), still valid, a live session, for a
+    /// Stream-usable user, from an allowed party; in that order, so the error names the most
+    /// basic problem (a template token that has also expired is `wrong_token_type`).
+    fn check_claims(
+        &self,
+        header: &JoseHeader,
+        claims: Claims,
+        now: u64,
+    ) -> Result<Session, AuthError> {
+        // Byte for byte (no trailing-slash or case folding): Clerk's `iss` is exactly the
+        // Frontend API URL, and anything else is another issuer's token.
+        if let Some(expected) = &self.issuer
+            && claims.iss.as_deref() != Some(expected.as_str())
+        {
+            return Err(AuthError::WrongIssuer);
+        }
+        session_rules::check_header_type(&header.typ, &header.cat)?;
+        session_rules::check_claims_type(&claims.sid, claims.sub.as_deref())?;
+        let exp = self.check_times(&claims, now)?;
+        session_rules::check_status(&claims.sts, self.accept_pending_sessions)?;
+        let user_id = check_user_id(claims.sub.as_deref())?;
+        if !self.authorized_parties.is_empty() {
+            let allowed = claims
+                .azp
+                .as_deref()
+                .is_some_and(|azp| self.authorized_parties.iter().any(|p| p == azp));
+            if !allowed {
+                return Err(AuthError::UnauthorizedParty {
+                    user_id: user_id.to_owned(),
+                });
+            }
+        }
+        Ok(Session {
+            user_id: Arc::from(user_id),
+            expires_at: exp,
+        })
+    }
+
+    /// `exp` (required), `nbf` and `iat` against `now` with the leeway; returns `exp`.
+    fn check_times(&self, claims: &Claims, now: u64) -> Result<u64, AuthError> {
         let time = |v: f64| -> Result<u64, AuthError> {
             if v.is_finite() && v >= 0.0 {
                 Ok(v as u64)
@@ -272,27 +347,7 @@ impl Verifier {
         {
             return Err(AuthError::NotYetValid);
         }
-        if let Some(expected) = &self.issuer
-            && claims.iss.as_deref().map(|i| i.trim_end_matches('/')) != Some(expected.as_str())
-        {
-            return Err(AuthError::WrongIssuer);
-        }
-        let user_id = check_user_id(claims.sub.as_deref())?;
-        if !self.authorized_parties.is_empty() {
-            let allowed = claims
-                .azp
-                .as_deref()
-                .is_some_and(|azp| self.authorized_parties.iter().any(|p| p == azp));
-            if !allowed {
-                return Err(AuthError::UnauthorizedParty {
-                    user_id: user_id.to_owned(),
-                });
-            }
-        }
-        Ok(Session {
-            user_id: Arc::from(user_id),
-            expires_at: exp,
-        })
+        Ok(exp)
     }
 }
 
@@ -421,6 +476,107 @@ mod tests {
             ("authorization", "Bearer a.b.c"),
         ]);
         assert_eq!(credentials(&both, true), Ok("a.b.c"), "the header wins");
+    }
+
+    /// An ES256 key pair generated for the test: the signing key and its public JWK.
+    fn ec_key(kid: &str) -> (jsonwebtoken::EncodingKey, serde_json::Value) {
+        use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let pair =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).unwrap();
+        let point = pair.public_key().as_ref();
+        let jwk = serde_json::json!({
+            "kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256", "use": "sig",
+            "x": URL_SAFE_NO_PAD.encode(&point[1..33]), "y": URL_SAFE_NO_PAD.encode(&point[33..]),
+        });
+        (jsonwebtoken::EncodingKey::from_ec_der(pkcs8.as_ref()), jwk)
+    }
+
+    fn jwks(keys: &[&serde_json::Value]) -> keys::KeySet {
+        keys::parse_jwks(serde_json::json!({ "keys": keys }).to_string().as_bytes()).unwrap()
+    }
+
+    fn session_token(key: &jsonwebtoken::EncodingKey, kid: &str, sub: &str, now: u64) -> String {
+        let mut header = jsonwebtoken::Header::new(Algorithm::ES256);
+        header.kid = Some(kid.into());
+        let claims = serde_json::json!({
+            "exp": now + 60, "iat": now, "iss": "https://clerk.test", "sid": "sess_1",
+            "sts": "active", "sub": sub,
+        });
+        jsonwebtoken::encode(&header, &claims, key).unwrap()
+    }
+
+    #[tokio::test]
+    async fn sessions_of_a_key_that_leaves_the_jwks_leave_the_cache() {
+        let (a, jwk_a) = ec_key("ins_a");
+        let (b, jwk_b) = ec_key("ins_b");
+        let store = Arc::new(KeyStore::from_key_set(
+            jwks(&[&jwk_a, &jwk_b]),
+            Default::default(),
+        ));
+        let config = AuthConfig {
+            issuer: Some("https://clerk.test".into()),
+            algorithms: vec![crate::config::AllowedAlgorithm(Algorithm::ES256)],
+            ..Default::default()
+        };
+        let verifier = Verifier::new(&config, store.clone());
+        let now = unix_now();
+        let (token_a, token_b) = (
+            session_token(&a, "ins_a", "user_a", now),
+            session_token(&b, "ins_b", "user_b", now),
+        );
+        for token in [&token_a, &token_b] {
+            verifier.verify_at(token, now).await.unwrap();
+        }
+        assert_eq!(verifier.cache.len(), 2);
+
+        // The JWKS drops B: its session leaves the cache at once, A's stays.
+        store.install(jwks(&[&jwk_a]));
+        assert_eq!(verifier.cache.len(), 1);
+        assert_eq!(
+            verifier.verify_at(&token_b, now).await.unwrap_err(),
+            AuthError::UnknownKey
+        );
+        assert_eq!(
+            &*verifier.verify_at(&token_a, now).await.unwrap().user_id,
+            "user_a"
+        );
+
+        // A key replaced under the same kid is another key: A's sessions go too.
+        let (_, other_a) = ec_key("ins_a");
+        store.install(jwks(&[&other_a]));
+        assert_eq!(verifier.cache.len(), 0);
+        assert_eq!(
+            verifier.verify_at(&token_a, now).await.unwrap_err(),
+            AuthError::BadSignature
+        );
+    }
+
+    #[tokio::test]
+    async fn a_session_cached_just_before_its_key_left_is_not_served() {
+        // The race `install` cannot close: a request verified with the old key and cached
+        // after the caches were swept. The hit checks the key.
+        let (a, jwk_a) = ec_key("ins_a");
+        let (_, jwk_b) = ec_key("ins_b");
+        let store = Arc::new(KeyStore::from_key_set(jwks(&[&jwk_a]), Default::default()));
+        let config = AuthConfig {
+            algorithms: vec![crate::config::AllowedAlgorithm(Algorithm::ES256)],
+            ..Default::default()
+        };
+        let verifier = Verifier::new(&config, store.clone());
+        let now = unix_now();
+        let token = session_token(&a, "ins_a", "user_a", now);
+        let (session, key) = verifier.verify_uncached(&token, now).await.unwrap();
+        store.install(jwks(&[&jwk_b]));
+        verifier
+            .cache
+            .insert(sha256(token.as_bytes()), session, key);
+        assert_eq!(
+            verifier.verify_at(&token, now).await.unwrap_err(),
+            AuthError::UnknownKey
+        );
+        assert_eq!(verifier.cache.len(), 0);
     }
 
     #[test]

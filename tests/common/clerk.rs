@@ -1,6 +1,7 @@
 //! Clerk-side fixtures for the token-route tests: RSA keys generated per test run, Clerk-shaped
-//! session tokens (and hostile variants), and a JWKS server on loopback that counts its hits and
-//! can be switched off. No key material is ever written to the repository.
+//! session tokens (and hostile variants, and Clerk's other kinds of token), a JWKS server on
+//! loopback that counts its hits and can be switched off, and the proxy in front of Node with
+//! that JWKS. No key material is ever written to the repository.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -11,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
-use http::{Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -20,8 +21,16 @@ use serde_json::{Value, json};
 use stream_token_proxy::Config;
 use stream_token_proxy::config::JwksUrl;
 
+use super::{NodeUpstream, TestBody, TestProxy, TlsClient, body_json, empty};
+
 pub const ISSUER: &str = "https://clerk.test.example";
 pub const AZP: &str = "http://localhost:8081";
+
+/// Clerk's token categories (the JOSE header's `cat`).
+pub const CAT_SESSION: &str = "cl_B7d4PD111AAA";
+pub const CAT_TEMPLATE: &str = "cl_B7d4PD222AAA";
+pub const CAT_M2M: &str = "cl_B7d4PD333AAA";
+pub const CAT_IGNORE: &str = "cl_I7d4PD111III";
 
 pub fn now() -> u64 {
     stream_token_proxy::auth::unix_now()
@@ -59,34 +68,59 @@ impl ClerkKey {
         }
     }
 
-    /// An RS256 token with this key's `kid` and the given claims.
+    /// The JOSE header of a Clerk session token signed with this key.
+    pub fn session_header(&self) -> Value {
+        json!({"alg": "RS256", "cat": CAT_SESSION, "kid": self.kid, "typ": "JWT"})
+    }
+
+    /// A session token: Clerk's header, this key's `kid` and the given claims.
     pub fn sign(&self, claims: &Value) -> String {
-        let mut header = Header::new(Algorithm::RS256);
-        header.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(&header, claims, &self.encoding).expect("signing")
+        self.sign_header(&self.session_header(), claims)
     }
 
     /// The same, but naming another `kid` in the header.
     pub fn sign_as(&self, kid: &str, claims: &Value) -> String {
+        self.sign_with_header(&[("kid", json!(kid))], claims)
+    }
+
+    /// Clerk's session header with some members replaced (or removed, with `Value::Null`).
+    pub fn sign_with_header(&self, changes: &[(&str, Value)], claims: &Value) -> String {
+        self.sign_header(&with_changes(self.session_header(), changes), claims)
+    }
+
+    /// RS256 over exactly this header and these claims.
+    pub fn sign_header(&self, header: &Value, claims: &Value) -> String {
+        let message = format!("{}.{}", b64_json(header), b64_json(claims));
+        let signature =
+            jsonwebtoken::crypto::sign(message.as_bytes(), &self.encoding, Algorithm::RS256)
+                .expect("signing");
+        format!("{message}.{signature}")
+    }
+
+    /// What `jsonwebtoken` makes by default: `{"typ":"JWT","alg":"RS256","kid":...}`, no `cat`.
+    pub fn sign_plain(&self, claims: &Value) -> String {
         let mut header = Header::new(Algorithm::RS256);
-        header.kid = Some(kid.to_string());
+        header.kid = Some(self.kid.clone());
         jsonwebtoken::encode(&header, claims, &self.encoding).expect("signing")
     }
 }
 
-/// Valid Clerk session claims for `sub`, issued now, valid for a minute.
+/// Valid Clerk session claims (version 2) for `sub`, issued now, valid for a minute.
 pub fn claims(sub: &str) -> Value {
     let now = now();
     json!({
         "azp": AZP, "exp": now + 60, "iat": now, "iss": ISSUER, "nbf": now - 5,
-        "sid": format!("sess_{sub}"), "sub": sub,
+        "sid": format!("sess_{sub}"), "sts": "active", "sub": sub, "v": 2,
     })
 }
 
 /// `claims(sub)` with some fields replaced (or removed, with `Value::Null`).
 pub fn claims_with(sub: &str, changes: &[(&str, Value)]) -> Value {
-    let mut c = claims(sub);
-    let map = c.as_object_mut().unwrap();
+    with_changes(claims(sub), changes)
+}
+
+fn with_changes(mut object: Value, changes: &[(&str, Value)]) -> Value {
+    let map = object.as_object_mut().unwrap();
     for (k, v) in changes {
         if v.is_null() {
             map.remove(*k);
@@ -94,7 +128,7 @@ pub fn claims_with(sub: &str, changes: &[(&str, Value)]) -> Value {
             map.insert(k.to_string(), v.clone());
         }
     }
-    c
+    object
 }
 
 fn b64_json(v: &Value) -> String {
@@ -234,4 +268,80 @@ pub fn use_pem(config: &mut Config, pem: &str) {
     config.auth.public_key_pem = Some(pem.into());
     config.auth.issuer = Some(ISSUER.into());
     config.auth.authorized_parties = vec![AZP.into()];
+}
+
+/// `POST /api/stream/token`, with `Authorization: Bearer <token>` when a token is given.
+pub fn token_request(token: Option<&str>) -> http::request::Builder {
+    let mut builder = Request::post("/api/stream/token").header("host", "localhost");
+    if let Some(token) = token {
+        builder = builder.header("authorization", format!("Bearer {token}"));
+    }
+    builder
+}
+
+/// The token route with `token` and no body.
+pub fn post(token: &str) -> Request<TestBody> {
+    token_request(Some(token)).body(empty()).unwrap()
+}
+
+/// The proxy in front of the real Node upstream, verifying with a JWKS server that holds `key`.
+pub struct Fixture {
+    pub upstream: NodeUpstream,
+    pub jwks: JwksServer,
+    pub key: ClerkKey,
+    pub proxy: TestProxy,
+}
+
+/// Starts a [`Fixture`] (`tweak` edits the config) and waits until its keys are loaded.
+pub async fn fixture(tweak: impl FnOnce(&mut Config)) -> Fixture {
+    let upstream = NodeUpstream::start();
+    let key = ClerkKey::generate("ins_key_1");
+    let jwks = JwksServer::start(&[&key]).await;
+    let url = jwks.url();
+    let proxy = TestProxy::start(&upstream.url(), |c| {
+        use_jwks(c, &url);
+        tweak(c);
+    })
+    .await;
+    wait_until_token_route_ready(&proxy.client(), &key).await;
+    Fixture {
+        upstream,
+        jwks,
+        key,
+        proxy,
+    }
+}
+
+/// Bounded wait for the first JWKS fetch: the route answers 503 until keys are loaded.
+pub async fn wait_until_token_route_ready(client: &TlsClient, key: &ClerkKey) {
+    for _ in 0..100 {
+        let response = client.h2(post(&key.sign(&claims("user_ready")))).await;
+        if response.status() != StatusCode::SERVICE_UNAVAILABLE {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the token route never became ready");
+}
+
+/// Sends `token` to the token route: its status and `error` code (`""` for a 200), after
+/// checking that a 401 carries `WWW-Authenticate: Bearer ... error="invalid_token"`.
+pub async fn answer(client: &TlsClient, token: &str) -> (StatusCode, String) {
+    let response = client.h1(post(token)).await;
+    let status = response.status();
+    if status == StatusCode::UNAUTHORIZED {
+        let www = response.headers()["www-authenticate"].to_str().unwrap();
+        assert!(www.contains("error=\"invalid_token\""), "{www}");
+    }
+    let json = body_json(response).await;
+    if status == StatusCode::OK {
+        assert!(json["token"].is_string(), "{json}");
+        return (status, String::new());
+    }
+    let message = json["message"].as_str().unwrap_or_default();
+    assert!(!message.is_empty() && !message.contains(token), "{json}");
+    (
+        status,
+        json["error"].as_str().unwrap_or_default().to_string(),
+    )
 }
