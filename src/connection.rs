@@ -29,6 +29,8 @@ pub struct ConnectionSlot {
     opened: Instant,
     in_flight: AtomicUsize,
     requested: AtomicBool,
+    /// The connection speaks HTTP/2 (hyper times idle HTTP/1 connections itself).
+    http2: AtomicBool,
     /// When the last request in flight finished, in milliseconds after `opened`.
     idle_since_ms: AtomicU64,
 }
@@ -60,14 +62,18 @@ impl ConnectionSlot {
             opened: Instant::now(),
             in_flight: AtomicUsize::new(0),
             requested: AtomicBool::new(false),
+            http2: AtomicBool::new(false),
             idle_since_ms: AtomicU64::new(0),
         }
     }
 
     /// A request arrived; it is in flight until the returned guard is dropped (with the
     /// response body, see [`TrackedBody`]).
-    pub fn request_started(self: &Arc<Self>) -> InFlight {
+    pub fn request_started(self: &Arc<Self>, version: http::Version) -> InFlight {
         self.requested.store(true, Ordering::Relaxed);
+        if version == http::Version::HTTP_2 {
+            self.http2.store(true, Ordering::Relaxed);
+        }
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(self.clone())
     }
@@ -84,12 +90,23 @@ impl ConnectionSlot {
     }
 
     /// Judges the connection against its timeouts now; also returns how long until it is
-    /// worth asking again.
-    pub fn idleness(&self, first_request: Duration, idle: Duration) -> (Idleness, Duration) {
-        if self.in_flight.load(Ordering::Relaxed) > 0 {
-            return (Idleness::Busy, idle);
+    /// worth asking again, or `None` once hyper times the connection itself: an HTTP/1
+    /// connection that has made a request is closed by hyper's `header_read_timeout` while it
+    /// waits for the next head (and an idle timer per connection costs every request ~300
+    /// instructions in the timer wheel, bench/callgrind.sh).
+    pub fn idleness(
+        &self,
+        first_request: Duration,
+        idle: Duration,
+    ) -> (Idleness, Option<Duration>) {
+        let requested = self.requested.load(Ordering::Relaxed);
+        if requested && !self.http2.load(Ordering::Relaxed) {
+            return (Idleness::Busy, None);
         }
-        let (quiet, limit, verdict) = if self.requested.load(Ordering::Relaxed) {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return (Idleness::Busy, Some(idle));
+        }
+        let (quiet, limit, verdict) = if requested {
             let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Relaxed));
             (
                 self.opened.elapsed().saturating_sub(since),
@@ -106,8 +123,8 @@ impl ConnectionSlot {
         match limit.checked_sub(quiet) {
             // No sooner than `idle` from now: a request may start and finish meanwhile, and
             // the connection is then judged by `idle` (so closed within two of them).
-            Some(left) if !left.is_zero() => (Idleness::Busy, left.min(idle)),
-            _ => (verdict, idle),
+            Some(left) if !left.is_zero() => (Idleness::Busy, Some(left.min(idle))),
+            _ => (verdict, Some(idle)),
         }
     }
 

@@ -22,7 +22,7 @@ use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 use tracing::debug;
 
-use crate::config::{ForwardingConfig, UpstreamConfig};
+use crate::config::{FieldName, ForwardingConfig, UpstreamConfig};
 use crate::connection::ConnectionSlot;
 use crate::error::ProxyError;
 use crate::tunnel;
@@ -520,9 +520,7 @@ pub fn prepare_request_headers(
     options: &ForwardingConfig,
 ) -> Result<(), String> {
     strip_hop_by_hop(headers);
-    for name in &options.remove_request_headers {
-        headers.remove(&name.0);
-    }
+    remove_listed(headers, &options.remove_request_headers);
     // HTTP/2 clients send `:authority` instead of `Host`; the upstream sees it as `Host`, the
     // same as from an HTTP/1.1 client.
     if client_version == Version::HTTP_2
@@ -549,6 +547,19 @@ pub fn prepare_request_headers(
         headers.insert(header::UPGRADE, protocol.clone());
     }
     Ok(())
+}
+
+/// Removes every header named in `names`. One pass over the request's names first: they are
+/// almost never there, and a hashed removal per listed name cost ~300 instructions each
+/// (bench/callgrind.sh).
+fn remove_listed(headers: &mut HeaderMap, names: &[FieldName]) {
+    let listed = |name: &HeaderName| names.iter().any(|n| n.0 == name);
+    if !headers.keys().any(listed) {
+        return;
+    }
+    for name in names {
+        headers.remove(&name.0);
+    }
 }
 
 /// Appends the client address to `X-Forwarded-For`, folding repeated header lines into one.

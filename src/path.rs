@@ -48,6 +48,13 @@ impl<'a> RoutePath<'a> {
         if bytes.len() >= 2 && bytes[0] == b'/' && matches!(bytes[1], b'/' | b'\\') {
             return Err(AmbiguousPath);
         }
+        if is_plain(bytes) {
+            // The usual path: nothing to decode, resolve or cut.
+            return Ok(Self {
+                whole: Cow::Borrowed(bytes),
+                cut: [None, None],
+            });
+        }
         // Cut after decoding: a `%3B` is a `;` to a router that decodes before it cuts.
         let decoded = percent_decode(bytes);
         let cut_raw = cut_at_semicolon(&decoded);
@@ -108,6 +115,27 @@ fn resolve_segments(path: Cow<'_, [u8]>) -> Cow<'_, [u8]> {
         out.extend_from_slice(segment);
     }
     Cow::Owned(out)
+}
+
+/// Already canonical and without `;`, in one pass: starts with `/`, no `%`, `\` or `;`, no
+/// empty segment and no segment starting with `.` (so no dot segment), no trailing `/`.
+fn is_plain(path: &[u8]) -> bool {
+    if path == b"/" {
+        return true;
+    }
+    if path.first() != Some(&b'/') || path.last() == Some(&b'/') {
+        return false;
+    }
+    let mut after_slash = false;
+    for &b in path {
+        match b {
+            b'%' | b'\\' | b';' => return false,
+            b'/' | b'.' if after_slash => return false,
+            _ => {}
+        }
+        after_slash = b == b'/';
+    }
+    true
 }
 
 /// Starts with `/`, has no `\`, empty, `.` or `..` segment and no trailing `/`.
@@ -191,6 +219,27 @@ mod tests {
                 matches!(canonical(path.as_bytes()), Cow::Owned(_)),
                 "{path}"
             );
+        }
+    }
+
+    #[test]
+    fn plain_paths_take_the_short_way_and_agree_with_the_long_one() {
+        for path in ["/", "/api/hello", "/a/b.c", "/a/b..", "/A-Z_~!$&'()*+,=:@"] {
+            assert!(is_plain(path.as_bytes()), "{path}");
+            assert_eq!(canonical(path.as_bytes()), path.as_bytes(), "{path}");
+        }
+        for path in [
+            "",
+            "a",
+            "/a/",
+            "/a//b",
+            "/a/./b",
+            "/.well-known",
+            "/a%20",
+            "/a\\b",
+            "/a;b",
+        ] {
+            assert!(!is_plain(path.as_bytes()), "{path}");
         }
     }
 

@@ -226,7 +226,7 @@ impl Connection {
     {
         let slot = self.slot.clone();
         let service = service_fn(move |request| {
-            let in_flight = slot.request_started();
+            let in_flight = slot.request_started(request.version());
             // `handle`'s own future, mapped, not an `async` block around it: the block would
             // hold that future (several KiB) a second time, and hyper moves this one once per
             // request.
@@ -267,9 +267,17 @@ impl Connection {
                     connection.as_mut().graceful_shutdown();
                     closing = true;
                 }
-                _ = tokio::time::sleep(check_again) => {}
+                _ = sleep_for(check_again) => {}
             }
         }
+    }
+}
+
+/// Sleeps for `duration`, or forever for `None`.
+async fn sleep_for(duration: Option<Duration>) {
+    match duration {
+        Some(duration) => tokio::time::sleep(duration).await,
+        None => std::future::pending().await,
     }
 }
 
