@@ -13,14 +13,14 @@ use std::sync::Arc;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, Uri, Version};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use stream_token_proxy::auth::{KeyStore, Verifier, unix_now};
 use stream_token_proxy::config::{
     AuthConfig, ForwardingConfig, LimitsConfig, PositiveDuration, RateConfig, Secret, StreamConfig,
 };
-use stream_token_proxy::forward::{ClientConn, prepare_request_headers, strip_hop_by_hop};
-use stream_token_proxy::limits::Limits;
-use stream_token_proxy::stream_token::StreamMinter;
-use stream_token_proxy::token_route::is_token_path;
+use stream_token_proxy::testing::Limits;
+use stream_token_proxy::testing::StreamMinter;
+use stream_token_proxy::testing::is_token_path;
+use stream_token_proxy::testing::{ClientConn, prepare_request_headers, strip_hop_by_hop};
+use stream_token_proxy::testing::{KeyStore, Verifier, unix_now};
 
 const ISSUER: &str = "https://clerk.bench.example";
 

@@ -13,9 +13,9 @@ use http::header::{self, CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use http::{Response, StatusCode};
 
 use crate::auth::AuthError;
-use crate::body::ProxyBody;
 use crate::limits::Limited;
-use crate::path::AmbiguousPath;
+use crate::routes::body::ProxyBody;
+use crate::routes::path::AmbiguousPath;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

@@ -72,32 +72,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command.unwrap_or(Command::Serve) {
-        Command::CheckConfig { no_tls_files } => {
-            // A deployment's certificate must load now, not at the first rollout.
-            if config.tls.enabled && !config.dev && !no_tls_files {
-                let (cert, key) = stream_token_proxy::tls_paths(&config);
-                if let Err(e) = stream_token_proxy::tls::CertStore::load(&cert, &key) {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(2);
-                }
-            }
-            for warning in config.warnings() {
-                eprintln!("warning: {warning}");
-            }
-            println!(
-                "configuration OK: listen {} ({}), upstream {}, keys from {}{}",
-                config.server.listen,
-                if config.tls.enabled {
-                    "TLS"
-                } else {
-                    "plain HTTP"
-                },
-                config.upstream.url,
-                key_source(&config),
-                if config.dev { ", DEV profile" } else { "" },
-            );
-            ExitCode::SUCCESS
-        }
+        Command::CheckConfig { no_tls_files } => check_config(&config, !no_tls_files),
         Command::Serve => serve(config),
         Command::DevToken { sub, ttl } => match stream_token_proxy::dev_token(&config, &sub, ttl) {
             Ok(token) => {
@@ -110,6 +85,35 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+/// `check-config`: the file and overrides are valid (they were loaded); a deployment's
+/// certificate must load now too, not at the first rollout.
+fn check_config(config: &Config, tls_files: bool) -> ExitCode {
+    if config.tls.enabled
+        && !config.dev
+        && tls_files
+        && let Err(e) = stream_token_proxy::check_tls_files(config)
+    {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    for warning in config.warnings() {
+        eprintln!("warning: {warning}");
+    }
+    let transport = if config.tls.enabled {
+        "TLS"
+    } else {
+        "plain HTTP"
+    };
+    let dev = if config.dev { ", DEV profile" } else { "" };
+    println!(
+        "configuration OK: listen {} ({transport}), upstream {}, keys from {}{dev}",
+        config.server.listen,
+        config.upstream.url,
+        key_source(config),
+    );
+    ExitCode::SUCCESS
 }
 
 fn key_source(config: &Config) -> String {

@@ -31,7 +31,7 @@ async fn a_tls_key_readable_by_others_is_served_with_a_warning() {
     let upstream = NodeUpstream::start();
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    stream_token_proxy::tls::ensure_dev_certificate(&cert, &key).unwrap();
+    stream_token_proxy::testing::ensure_dev_certificate(&cert, &key).unwrap();
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
     let mut served = Served::start_in(dir, &upstream.url(), "").await;
     let line = served

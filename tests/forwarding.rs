@@ -1091,7 +1091,7 @@ fn test_cert(proxy: &TestProxy) -> std::path::PathBuf {
         proxy.dir.path().join("other-cert.pem"),
         proxy.dir.path().join("other-key.pem"),
     );
-    stream_token_proxy::tls::ensure_dev_certificate(&cert, &key).unwrap();
+    stream_token_proxy::testing::ensure_dev_certificate(&cert, &key).unwrap();
     cert
 }
 

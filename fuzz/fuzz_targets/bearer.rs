@@ -10,7 +10,7 @@
 use http::header::{AUTHORIZATION, COOKIE};
 use http::{HeaderMap, HeaderValue};
 use libfuzzer_sys::fuzz_target;
-use stream_token_proxy::auth::{AuthError, credentials};
+use stream_token_proxy::testing::{AuthError, credentials};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&flags, rest)) = data.split_first() else {

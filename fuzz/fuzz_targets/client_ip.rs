@@ -19,7 +19,7 @@ use http::{HeaderMap, HeaderValue};
 use ipnet::IpNet;
 use libfuzzer_sys::fuzz_target;
 use stream_token_proxy::config::{CidrNet, LimitsConfig};
-use stream_token_proxy::limits::Limits;
+use stream_token_proxy::testing::Limits;
 
 const TRUSTED: [&str; 5] = [
     "10.0.0.0/8",

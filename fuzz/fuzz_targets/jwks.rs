@@ -19,10 +19,10 @@ use jsonwebtoken::Algorithm;
 use libfuzzer_sys::fuzz_target;
 use serde::Deserialize;
 use serde_json::Value;
-use stream_token_proxy::auth::keys::parse_jwks;
-use stream_token_proxy::auth::{AuthError, KeyStore, Verifier};
+use stream_token_proxy::testing::parse_jwks;
+use stream_token_proxy::testing::{AuthError, KeyStore, Verifier};
 use stream_token_proxy::config::{AllowedAlgorithm, AuthConfig};
-use stream_token_proxy::metrics::Metrics;
+use stream_token_proxy::testing::Metrics;
 
 const NOW: u64 = 1_700_000_000;
 

@@ -34,10 +34,10 @@ use libfuzzer_sys::fuzz_target;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use stream_token_proxy::auth::keys::parse_jwks;
-use stream_token_proxy::auth::{AuthError, KeyStore, Verifier};
+use stream_token_proxy::testing::parse_jwks;
+use stream_token_proxy::testing::{AuthError, KeyStore, Verifier};
 use stream_token_proxy::config::{AllowedAlgorithm, AuthConfig};
-use stream_token_proxy::metrics::Metrics;
+use stream_token_proxy::testing::Metrics;
 
 const ISSUER: &str = "https://clerk.fuzz.invalid";
 const PARTY: &str = "https://app.example.com";
@@ -284,7 +284,7 @@ fn time(claim: &Option<Value>, name: &str) -> Option<u64> {
 
 fn check_session(
     token: &str,
-    session: &stream_token_proxy::auth::Session,
+    session: &stream_token_proxy::testing::Session,
     config: &AuthConfig,
     now: u64,
 ) {
@@ -298,7 +298,7 @@ fn check_session(
         config
             .algorithms
             .iter()
-            .any(|a| stream_token_proxy::auth::algorithm_name(a.0) == alg),
+            .any(|a| stream_token_proxy::testing::algorithm_name(a.0) == alg),
         "alg {alg} is not allowed"
     );
     assert!(!matches!(alg, "none" | "HS256" | "HS384" | "HS512"));

@@ -19,9 +19,9 @@ use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
-use stream_token_proxy::auth::Session;
-use stream_token_proxy::error::ProxyError;
-use stream_token_proxy::token_route::{check_body_user, is_token_path, parse_token_body};
+use stream_token_proxy::testing::Session;
+use stream_token_proxy::testing::ProxyError;
+use stream_token_proxy::testing::{check_body_user, is_token_path, parse_token_body};
 
 const USER: &str = "user_2abc";
 

@@ -25,7 +25,7 @@ use super::AuthError;
 use super::cache::SessionCache;
 use super::refetch::Refetch;
 use crate::config::AuthConfig;
-use crate::metrics::Metrics;
+use crate::ops::metrics::Metrics;
 
 /// A JWKS document larger than this is refused (Clerk's is about 1 KB).
 const MAX_JWKS_BYTES: usize = 1024 * 1024;
@@ -158,7 +158,7 @@ impl KeyStore {
             .map_err(|_| KeyError::BadPem)?;
         let id = KeyId {
             kid: None,
-            digest: super::sha256(pem),
+            digest: crate::crypto::sha256(pem),
         };
         let set = KeySet {
             by_kid: HashMap::new(),
@@ -200,7 +200,7 @@ impl KeyStore {
         metrics: Arc<Metrics>,
     ) -> Result<Self, KeyError> {
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(crate::tls::provider())
+            .with_provider_and_webpki_roots(crate::server::tls::provider())
             .map_err(|e| KeyError::Fetch(e.to_string()))?
             .https_or_http()
             .enable_http1()
@@ -416,7 +416,7 @@ pub fn parse_jwks(body: &[u8]) -> Result<KeySet, KeyError> {
     let mut by_kid = HashMap::new();
     for value in raw.keys {
         // Over the entry as served: a change to any member makes it another key.
-        let digest = super::sha256(value.to_string().as_bytes());
+        let digest = crate::crypto::sha256(value.to_string().as_bytes());
         let Ok(jwk) = serde_json::from_value::<Jwk>(value) else {
             debug!("skipping a JWKS entry this proxy cannot use");
             continue;

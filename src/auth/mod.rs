@@ -14,7 +14,6 @@
 //!    `azp`.
 
 mod cache;
-pub mod dev;
 pub mod keys;
 mod refetch;
 mod session_rules;
@@ -30,6 +29,7 @@ use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 
 use crate::config::AuthConfig;
+use crate::crypto::sha256;
 use cache::{Cached, SessionCache};
 use keys::KeyId;
 pub use keys::KeyStore;
@@ -397,13 +397,6 @@ pub fn algorithm_name(alg: Algorithm) -> &'static str {
         Algorithm::EdDSA => "EdDSA",
         _ => "unsupported",
     }
-}
-
-pub fn sha256(bytes: &[u8]) -> [u8; 32] {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(digest.as_ref());
-    out
 }
 
 pub fn unix_now() -> u64 {

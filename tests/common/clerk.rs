@@ -33,7 +33,7 @@ pub const CAT_M2M: &str = "cl_B7d4PD333AAA";
 pub const CAT_IGNORE: &str = "cl_I7d4PD111III";
 
 pub fn now() -> u64 {
-    stream_token_proxy::auth::unix_now()
+    stream_token_proxy::testing::unix_now()
 }
 
 /// An RSA-2048 signing key as Clerk would hold it, with its public JWK.

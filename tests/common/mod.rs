@@ -125,7 +125,7 @@ pub fn test_config(dir: &Path, upstream_url: &str) -> Config {
         "#
     );
     let mut config = Config::from_toml(&text, "test config", dir).expect("test config parses");
-    config.stream.api_secret = Some(stream_token_proxy::secret(TEST_STREAM_SECRET));
+    config.stream.api_secret = Some(stream_token_proxy::config::Secret::new(TEST_STREAM_SECRET));
     config
 }
 

@@ -14,14 +14,14 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::access_log::AccessEntry;
 use crate::auth::{self, Session, Verifier, unix_now};
-use crate::body::ProxyBody;
 use crate::config::{Config, CorsConfig};
 use crate::error::ProxyError;
 use crate::limits::Limits;
-use crate::metrics::Metrics;
-use crate::path::RoutePath;
+use crate::ops::access_log::AccessEntry;
+use crate::ops::metrics::Metrics;
+use crate::routes::body::ProxyBody;
+use crate::routes::path::RoutePath;
 use crate::stream_token::StreamMinter;
 
 /// The route's path. The router also sends every other spelling of it here.
@@ -281,7 +281,7 @@ impl Cors {
 }
 
 /// Whether the proxy answers `path` as the token route: every spelling a Node router behind
-/// it could take for [`TOKEN_PATH`] ([`crate::path`] has the rule).
+/// it could take for [`TOKEN_PATH`] ([`crate::routes::path`] has the rule).
 pub fn is_token_path(path: &str) -> bool {
     RoutePath::parse(path).is_ok_and(|p| p.is(TOKEN_PATH))
 }

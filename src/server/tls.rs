@@ -41,8 +41,6 @@ pub enum TlsError {
         key: PathBuf,
         message: String,
     },
-    #[error("cannot generate the dev certificate into {dir}: {message}")]
-    Generate { dir: PathBuf, message: String },
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
 }
@@ -199,81 +197,10 @@ fn load_certified_key(cert_path: &Path, key_path: &Path) -> Result<CertifiedKey,
     Ok(certified)
 }
 
-/// Writes a self-signed certificate for `localhost`, `127.0.0.1` and `::1` when neither file
-/// exists. Returns `true` if it generated one. Dev configs only.
-pub fn ensure_dev_certificate(cert_path: &Path, key_path: &Path) -> Result<bool, TlsError> {
-    match (cert_path.exists(), key_path.exists()) {
-        (true, true) => return Ok(false),
-        (false, false) => {}
-        // Half a pair is an operator mistake we must not paper over by overwriting.
-        _ => {
-            return Err(TlsError::Generate {
-                dir: cert_path.parent().unwrap_or(Path::new(".")).to_path_buf(),
-                message: format!(
-                    "only one of {} and {} exists; remove it to regenerate the pair",
-                    cert_path.display(),
-                    key_path.display()
-                ),
-            });
-        }
-    }
-    let dir = cert_path.parent().unwrap_or(Path::new(".")).to_path_buf();
-    let generate = || -> Result<(), String> {
-        let names = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
-        let mut params = rcgen::CertificateParams::new(names).map_err(|e| e.to_string())?;
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        params.distinguished_name.push(
-            rcgen::DnType::CommonName,
-            "stream-token-proxy dev certificate (DEV ONLY)",
-        );
-        let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
-        let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        write_private(key_path, key.serialize_pem().as_bytes()).map_err(|e| e.to_string())?;
-        std::fs::write(cert_path, cert.pem()).map_err(|e| e.to_string())?;
-        Ok(())
-    };
-    generate().map_err(|message| TlsError::Generate { dir, message })?;
-    Ok(true)
-}
-
-/// Writes a file readable by its owner only (private keys). Fails with `AlreadyExists` if
-/// `path` exists. The contents are written to a temporary file first and published whole (a
-/// hard link), so a process that finds `path`, e.g. `dev-token` started while the proxy is
-/// generating its dev key, never reads half a key.
-pub fn write_private(path: &Path, contents: &[u8]) -> io::Result<()> {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let mut temp = path.as_os_str().to_owned();
-    temp.push(format!(".tmp-{}-{nanos}", std::process::id()));
-    let temp = std::path::PathBuf::from(temp);
-    create_private(&temp, contents)?;
-    let published = std::fs::hard_link(&temp, path);
-    let _ = std::fs::remove_file(&temp);
-    match published {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(e),
-        // A filesystem without hard links: write in place.
-        Err(_) => create_private(path, contents),
-    }
-}
-
-fn create_private(path: &Path, contents: &[u8]) -> io::Result<()> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    options.open(path)?.write_all(contents)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dev_profile::ensure_dev_certificate;
 
     #[test]
     fn a_key_readable_beyond_its_owner_is_flagged() {
@@ -289,56 +216,6 @@ mod tests {
         ] {
             assert_eq!(too_readable(mode, owned), flagged, "{mode:o} owned={owned}");
         }
-    }
-
-    #[test]
-    fn dev_certificate_is_generated_once_and_loads() {
-        let dir = tempfile::tempdir().unwrap();
-        let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
-        assert!(ensure_dev_certificate(&cert, &key).unwrap());
-        assert!(
-            !ensure_dev_certificate(&cert, &key).unwrap(),
-            "second run reuses the pair"
-        );
-        let store = CertStore::load(&cert, &key).unwrap();
-        server_config(Arc::new(store)).unwrap();
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(&key).unwrap().permissions().mode();
-            assert_eq!(mode & 0o077, 0, "the key is private to its owner");
-        }
-    }
-
-    #[test]
-    fn private_files_are_published_whole_and_never_overwritten() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("secret");
-        write_private(&path, b"first").unwrap();
-        let err = write_private(&path, b"second").unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
-        assert_eq!(std::fs::read(&path).unwrap(), b"first");
-        let names: Vec<_> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, ["secret"], "no temporary files left behind");
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
-            assert_eq!(mode & 0o077, 0);
-        }
-    }
-
-    #[test]
-    fn half_a_pair_is_refused_not_overwritten() {
-        let dir = tempfile::tempdir().unwrap();
-        let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
-        std::fs::write(&cert, "x").unwrap();
-        let err = ensure_dev_certificate(&cert, &key).unwrap_err().to_string();
-        assert!(err.contains("only one of"), "{err}");
-        assert_eq!(std::fs::read_to_string(&cert).unwrap(), "x");
     }
 
     #[test]

@@ -2,6 +2,10 @@
 //! error into its response (through [`ProxyError::to_response`], the only place that happens),
 //! logs it, and attaches the access log.
 
+pub mod body;
+pub mod path;
+pub mod token;
+
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,25 +18,76 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 use tracing::{info, warn};
 
-use crate::access_log::{AccessEntry, LoggedBody};
-use crate::body::ProxyBody;
-use crate::connection::ConnectionSlot;
+use crate::auth::{KeyStore, Verifier};
+use crate::config::{Config, ForwardingConfig, UpstreamConfig};
 use crate::error::{Fault, ProxyError};
 use crate::forward::{ClientConn, Forwarder};
 use crate::limits::{Limited, Limits};
-use crate::metrics::Metrics;
-use crate::path::RoutePath;
-use crate::token_route::{TOKEN_PATH, TokenRoute};
+use crate::ops::access_log::{AccessEntry, LoggedBody};
+use crate::ops::metrics::Metrics;
+use crate::routes::body::ProxyBody;
+use crate::routes::path::RoutePath;
+use crate::routes::token::{TOKEN_PATH, TokenRoute};
+use crate::server::connection::ConnectionSlot;
+use crate::stream_token::StreamMinter;
 
 /// Everything a request may need, shared by all connections.
 /// One per worker thread: the upstream pool is the worker's own (no cross-thread hand-offs on
 /// the forwarding path); everything else is shared.
 pub struct App {
-    pub forwarder: Forwarder,
-    pub token: Arc<TokenRoute>,
-    pub limits: Arc<Limits>,
-    pub metrics: Arc<Metrics>,
-    pub request_ids: Arc<RequestIds>,
+    forwarder: Forwarder,
+    shared: Arc<Shared>,
+}
+
+/// What every worker's [`App`] shares.
+pub struct Shared {
+    token: TokenRoute,
+    limits: Arc<Limits>,
+    metrics: Arc<Metrics>,
+    request_ids: RequestIds,
+    /// For each worker's own [`Forwarder`].
+    upstream: UpstreamConfig,
+    forwarding: ForwardingConfig,
+}
+
+impl Shared {
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn new(
+        config: &Config,
+        keys: &Arc<KeyStore>,
+        minter: &Arc<StreamMinter>,
+        limits: &Arc<Limits>,
+        metrics: &Arc<Metrics>,
+    ) -> Arc<Self> {
+        let verifier = Verifier::new(&config.auth, keys.clone());
+        Arc::new(Self {
+            token: TokenRoute::new(
+                config,
+                verifier,
+                minter.clone(),
+                limits.clone(),
+                metrics.clone(),
+            ),
+            limits: limits.clone(),
+            metrics: metrics.clone(),
+            request_ids: RequestIds::default(),
+            upstream: config.upstream.clone(),
+            forwarding: config.forwarding.clone(),
+        })
+    }
+}
+
+impl App {
+    /// One worker's app: the shared state and the worker's own upstream pool.
+    pub fn new(shared: &Arc<Shared>) -> Arc<Self> {
+        Arc::new(Self {
+            forwarder: Forwarder::new(&shared.upstream, &shared.forwarding),
+            shared: shared.clone(),
+        })
+    }
 }
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -47,7 +102,7 @@ impl Default for RequestIds {
     fn default() -> Self {
         let mut bytes = [0u8; 6];
         // A zero prefix (if the RNG failed) still gives ids unique within this process.
-        let _ = aws_lc_rs::rand::fill(&mut bytes);
+        let _ = crate::crypto::random_bytes(&mut bytes);
         Self {
             prefix: bytes.iter().map(|b| format!("{b:02x}")).collect(),
             next: AtomicU64::new(1),
@@ -107,11 +162,14 @@ impl App {
         request: &Request<Incoming>,
         conn: ClientConn,
     ) -> Result<(), Limited> {
-        if !self.limits.has_forward_limits() {
+        if !self.shared.limits.has_forward_limits() {
             return Ok(());
         }
-        let ip = self.limits.client_ip(conn.peer.ip(), request.headers());
-        self.limits.check_forward(request.uri().path(), ip)
+        let ip = self
+            .shared
+            .limits
+            .client_ip(conn.peer.ip(), request.headers());
+        self.shared.limits.check_forward(request.uri().path(), ip)
     }
 
     /// Answers one request. Never fails: every error is a response (the `Result` is the shape
@@ -123,7 +181,7 @@ impl App {
         slot: Arc<ConnectionSlot>,
     ) -> Result<Response<LoggedBody>, Infallible> {
         let started = Instant::now();
-        let request_id = self.request_ids.assign(request.headers_mut());
+        let request_id = self.shared.request_ids.assign(request.headers_mut());
         let mut entry = AccessEntry::start(request.method(), request.uri().path(), started);
         if let Some(e) = entry.as_mut() {
             e.request_id = Some(request_id.clone());
@@ -134,21 +192,28 @@ impl App {
             Err(ambiguous) => (1, Some(ProxyError::AmbiguousPath(ambiguous))),
         };
 
-        let metrics = &self.metrics;
+        let metrics = &self.shared.metrics;
         let mut response = if let Some(error) = refused {
             respond(Err(error), &mut entry, conn, metrics)
         } else if route == 0 {
             if let Some(e) = entry.as_mut() {
                 e.route = "token";
             }
-            let origin = self.token.cors.allowed_origin(request.headers());
+            let origin = self.shared.token.cors.allowed_origin(request.headers());
             let preflight = request.method() == Method::OPTIONS;
             let http1 = request.version() < Version::HTTP_2;
-            let client_ip = self.limits.client_ip(conn.peer.ip(), request.headers());
-            let result = self.token.handle(request, client_ip, &mut entry).await;
+            let client_ip = self
+                .shared
+                .limits
+                .client_ip(conn.peer.ip(), request.headers());
+            let result = self
+                .shared
+                .token
+                .handle(request, client_ip, &mut entry)
+                .await;
             let mut response = respond(result, &mut entry, conn, metrics);
             if !preflight {
-                self.token.cors.decorate(&mut response, origin);
+                self.shared.token.cors.decorate(&mut response, origin);
             }
             // What is left of a body that never came cannot be told from the next request.
             if http1 && response.status() == StatusCode::REQUEST_TIMEOUT {

@@ -6,6 +6,8 @@
 //! end-to-end headers with duplicates in order, the body streamed. Only what RFC 9110 §7.6.1
 //! calls hop-by-hop is removed, and `X-Forwarded-*` is added.
 
+pub mod tunnel;
+
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -23,9 +25,8 @@ use hyper::body::Incoming;
 use tracing::debug;
 
 use crate::config::{FieldName, ForwardingConfig, UpstreamConfig};
-use crate::connection::ConnectionSlot;
 use crate::error::ProxyError;
-use crate::tunnel;
+use crate::server::connection::ConnectionSlot;
 use crate::upstream::{PooledBody, SendError, UpstreamPool};
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded in either direction.

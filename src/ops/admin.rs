@@ -21,16 +21,16 @@ use tracing::debug;
 
 use crate::auth::KeyStore;
 use crate::limits::Limits;
-use crate::metrics::Metrics;
-use crate::tls::CertStore;
+use crate::ops::metrics::Metrics;
+use crate::server::tls::CertStore;
 
-/// What the admin endpoints look at.
 impl std::fmt::Debug for AdminState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AdminState").finish_non_exhaustive()
     }
 }
 
+/// What the admin endpoints look at.
 pub struct AdminState {
     pub metrics: Arc<Metrics>,
     pub keys: Arc<KeyStore>,
@@ -41,6 +41,22 @@ pub struct AdminState {
 }
 
 impl AdminState {
+    /// Serving from the start: `start` creates it once the listeners are bound.
+    pub fn new(
+        metrics: &Arc<Metrics>,
+        keys: &Arc<KeyStore>,
+        limits: &Arc<Limits>,
+        certs: &Option<Arc<CertStore>>,
+    ) -> Self {
+        Self {
+            metrics: metrics.clone(),
+            keys: keys.clone(),
+            limits: limits.clone(),
+            certs: certs.clone(),
+            serving: AtomicBool::new(true),
+        }
+    }
+
     /// `None` when ready, else why not.
     pub fn not_ready(&self) -> Option<&'static str> {
         if !self.serving.load(Ordering::Relaxed) {

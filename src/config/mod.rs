@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 /// The shipped `proxy.toml`, embedded so that `cargo run --release` works from anywhere.
-pub const EMBEDDED_DEV_CONFIG: &str = include_str!("../proxy.toml");
+pub const EMBEDDED_DEV_CONFIG: &str = include_str!("../../proxy.toml");
 
 /// Environment variables that override single keys (the values that differ per deployment).
 /// Secrets have their own variables in the sections that use them.
@@ -1054,6 +1054,11 @@ impl Config {
     }
 
     /// Resolves a path from the file against the file's folder.
+    /// Where the certificate and key are, resolved.
+    pub fn tls_paths(&self) -> (PathBuf, PathBuf) {
+        (self.resolve(&self.tls.cert), self.resolve(&self.tls.key))
+    }
+
     pub fn resolve(&self, path: &Path) -> PathBuf {
         if path.is_absolute() {
             path.to_path_buf()

@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use crate::auth::sha256;
 use crate::config::read_secret_file;
-use crate::metrics::Metrics;
+use crate::crypto::sha256;
+use crate::ops::metrics::Metrics;
+use crate::server::tls::CertStore;
 use crate::stream_token::StreamMinter;
-use crate::tls::CertStore;
 
 impl std::fmt::Debug for Reloader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

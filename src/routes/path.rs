@@ -83,14 +83,6 @@ fn cut_at_semicolon(path: &[u8]) -> Option<Vec<u8>> {
     Some(resolve_segments(Cow::Borrowed(&path[..at])).into_owned())
 }
 
-/// `path` with `%xx` decoded once, `\` read as `/`, empty and `.` segments dropped and `..`
-/// resolved, always starting with `/` and never ending with one (`/` alone for the root). Case
-/// is kept; compare with `eq_ignore_ascii_case`. A path that is already canonical (the usual
-/// case) is returned as it is, without allocating.
-pub fn canonical(path: &[u8]) -> Cow<'_, [u8]> {
-    resolve_segments(percent_decode(path))
-}
-
 /// `\` read as `/`, empty and `.` segments dropped, `..` resolved (no decoding).
 fn resolve_segments(path: Cow<'_, [u8]>) -> Cow<'_, [u8]> {
     if is_resolved(&path) {
@@ -179,6 +171,14 @@ fn percent_decode(bytes: &[u8]) -> Cow<'_, [u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The canonical form of a whole `path`: `%xx` decoded once, `\` read as `/`, empty and `.` segments dropped and `..`
+    /// resolved, always starting with `/` and never ending with one (`/` alone for the root). Case
+    /// is kept; compare with `eq_ignore_ascii_case`. A path that is already canonical (the usual
+    /// case) is returned as it is, without allocating.
+    fn canonical(path: &[u8]) -> Cow<'_, [u8]> {
+        resolve_segments(percent_decode(path))
+    }
 
     fn canon(path: &str) -> String {
         String::from_utf8(canonical(path.as_bytes()).into_owned()).unwrap()

@@ -11,8 +11,8 @@ use http::{Method, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use tracing::{Level, info};
 
-use crate::body::ProxyBody;
 use crate::error::BoxError;
+use crate::routes::body::ProxyBody;
 
 /// What the router learned about a request, logged when its response ends.
 #[derive(Debug)]

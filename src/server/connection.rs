@@ -18,7 +18,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
-use crate::metrics::Metrics;
+use crate::ops::metrics::Metrics;
 
 pub struct ConnectionSlot {
     _permit: OwnedSemaphorePermit,

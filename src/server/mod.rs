@@ -2,6 +2,10 @@
 //! HTTP/1.1 and HTTP/2 serving with per-connection timeouts (first request, idle), and the
 //! graceful drain on shutdown. Routing decisions are the router's.
 
+pub mod connection;
+pub mod tls;
+mod worker;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,16 +18,20 @@ use hyper_util::server::conn::auto;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::config::ServerConfig;
-use crate::connection::{ConnectionSlot, Idleness, PerIpConnections, TrackedBody};
+use crate::StartError;
+use crate::config::{Config, ServerConfig};
 use crate::forward::ClientConn;
-use crate::metrics::Metrics;
-use crate::router::App;
+use crate::ops::metrics::Metrics;
+use crate::routes::App;
+use crate::routes::Shared;
+use crate::server::connection::{ConnectionSlot, Idleness, PerIpConnections, TrackedBody};
+use crate::server::tls::CertStore;
+use crate::server::worker::Worker;
 
 type Builder = auto::Builder<TokioExecutor>;
 
@@ -281,14 +289,88 @@ async fn sleep_for(duration: Option<Duration>) {
     }
 }
 
+/// The bound listeners: one public socket shared by every worker (each holds a duplicate),
+/// and the admin listener when it is enabled.
+pub struct Listeners {
+    pub public: Vec<std::net::TcpListener>,
+    pub local_addr: SocketAddr,
+    pub admin: Option<TcpListener>,
+}
+
+impl Listeners {
+    pub async fn bind(config: &Config) -> Result<Self, StartError> {
+        let addr = config.server.listen;
+        let bind_error = |source| StartError::Bind { addr, source };
+        let public = bind_shared(addr, config.server.worker_count()).map_err(bind_error)?;
+        let local_addr = public[0].local_addr().map_err(bind_error)?;
+        let admin = match config.admin.enabled {
+            true => {
+                let addr = config.admin.listen;
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Bind { addr, source })?;
+                Some(listener)
+            }
+            false => None,
+        };
+        Ok(Self {
+            public,
+            local_addr,
+            admin,
+        })
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+}
+
+/// Starts one worker thread per public listener; each receiver completes when its worker has
+/// drained and stopped.
+pub fn spawn_workers(
+    config: &Config,
+    listeners: Vec<std::net::TcpListener>,
+    certs: &Option<Arc<CertStore>>,
+    shared: &Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Vec<oneshot::Receiver<()>>, StartError> {
+    let acceptor = match certs {
+        Some(store) => Some(TlsAcceptor::from(Arc::new(tls::server_config(
+            store.clone(),
+        )?))),
+        None => None,
+    };
+    let admission = Admission {
+        slots: Arc::new(Semaphore::new(config.server.max_connections)),
+        per_ip: Arc::new(PerIpConnections::new(config.server.max_connections_per_ip)),
+        listening: Arc::new(AtomicUsize::new(listeners.len())),
+    };
+    let mut finished = Vec::with_capacity(listeners.len());
+    for (index, listener) in listeners.into_iter().enumerate() {
+        let worker = Worker {
+            listener,
+            acceptor: acceptor.clone(),
+            app: App::new(shared),
+            metrics: shared.metrics().clone(),
+            settings: config.server.clone(),
+            shutdown: shutdown.clone(),
+            admission: admission.clone(),
+        };
+        let addr = config.server.listen;
+        finished.push(
+            worker
+                .spawn(index)
+                .map_err(|source| StartError::Bind { addr, source })?,
+        );
+    }
+    Ok(finished)
+}
+
 /// Binds one listening socket on `addr` and hands each of `count` workers a duplicate of it.
 /// Every worker polls the same accept queue, so a worker with a free connection slot takes the
 /// next client (with `SO_REUSEPORT` sockets the kernel would pin each client to one worker's
 /// queue, even when that worker is at its limit and another is idle).
-pub fn bind_listeners(
-    addr: SocketAddr,
-    count: usize,
-) -> std::io::Result<Vec<std::net::TcpListener>> {
+fn bind_shared(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_nonblocking(true)?;

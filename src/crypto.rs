@@ -1,0 +1,14 @@
+//! The few digests and random bytes several modules need, in one place (aws-lc-rs underneath).
+
+/// SHA-256 of `bytes`: cache keys for verified tokens, fingerprints of keys and watched files.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+/// Fills `bytes` from the system's secure random source.
+pub fn random_bytes(bytes: &mut [u8]) -> Result<(), aws_lc_rs::error::Unspecified> {
+    aws_lc_rs::rand::fill(bytes)
+}
