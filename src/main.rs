@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use stream_token_proxy::config::{Config, LogFormat};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
@@ -17,7 +17,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// TLS-terminating sidecar for a Node.js backend: verifies Clerk sessions, mints Stream Chat
 /// user tokens at POST /api/stream/token, and forwards every other request unchanged.
 #[derive(Debug, Parser)]
-#[command(version, about, after_help = AFTER_HELP)]
+#[command(version, about)]
 struct Cli {
     /// Configuration file. Default: ./proxy.toml if it exists, else the embedded dev config.
     #[arg(long, short, global = true, value_name = "PATH")]
@@ -49,21 +49,25 @@ enum Command {
     },
 }
 
-const AFTER_HELP: &str = "\
-Environment (overrides the file):
-  PROXY_LISTEN, ADMIN_LISTEN, UPSTREAM_URL, TLS_CERT, TLS_KEY, LOG_FORMAT,
-  CLERK_ISSUER, CLERK_JWKS_URL, CLERK_JWT_KEY, CLERK_AUTHORIZED_PARTIES,
-  STREAM_API_KEY, STREAM_API_SECRET (the secret itself), STREAM_API_SECRET_FILE,
-  RUST_LOG (log filter, wins over log.level)
-
-Signals:
-  SIGTERM, SIGINT  stop accepting, finish in-flight requests (server.shutdown_grace), exit 0
-  SIGHUP           reload the TLS certificate/key and the Stream secret file
-
-Every key of the file is documented in the shipped proxy.toml.";
+/// After the options: the environment overrides (from the one table in `config`) and signals.
+fn after_help() -> String {
+    format!(
+        "Environment (overrides the file, in this order):\n{}  \
+         RUST_LOG  (log filter, wins over log.level)\n\n\
+         Signals:\n  \
+         SIGTERM, SIGINT  stop accepting, finish in-flight requests (server.shutdown_grace), exit 0\n  \
+         SIGHUP           reload the TLS certificate/key and the Stream secret file\n\n\
+         Every key of the file is documented in the shipped proxy.toml.",
+        stream_token_proxy::config::env_help()
+    )
+}
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().after_help(after_help()).get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,
         Err(e) => {

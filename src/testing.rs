@@ -1,7 +1,6 @@
 //! What benchmarks (`benches/`), fuzz targets (`fuzz/`) and integration tests reach inside the
 //! crate for, in one place. Not an API: these names follow the code, not semver.
 
-pub use crate::auth::algorithm_name;
 pub use crate::auth::keys::parse_jwks;
 pub use crate::auth::{AuthError, KeyStore, Session, Verifier, credentials, unix_now};
 pub use crate::dev_profile::ensure_dev_certificate;

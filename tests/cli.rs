@@ -359,3 +359,28 @@ fn help_and_version() {
     assert!(!out.status.success(), "{}", out.all());
     assert!(out.stderr.contains("no-such-command"), "{}", out.all());
 }
+
+/// One table of environment overrides: `--help` prints it, and the README's table is it, row
+/// for row and in order.
+#[test]
+fn the_environment_table_drives_help_and_the_readme() {
+    use stream_token_proxy::config::ENV_OVERRIDES;
+    let dir = tempfile::tempdir().unwrap();
+    let help = run(dir.path(), &["--help"], STEP).stdout;
+    for o in ENV_OVERRIDES {
+        let line = help.lines().find(|l| l.trim_start().starts_with(o.var));
+        let line = line.unwrap_or_else(|| panic!("--help does not list {}:\n{help}", o.var));
+        assert!(line.ends_with(o.sets), "--help: {line:?} vs {:?}", o.sets);
+    }
+    let readme = std::fs::read_to_string(manifest_dir().join("README.md")).unwrap();
+    let table = readme
+        .split("| variable | overrides |\n| --- | --- |\n")
+        .nth(1)
+        .expect("the README's environment table");
+    let rows: Vec<&str> = table.lines().take_while(|l| l.starts_with('|')).collect();
+    let expected: Vec<String> = ENV_OVERRIDES
+        .iter()
+        .map(|o| format!("| `{}` | {} |", o.var, o.sets))
+        .collect();
+    assert_eq!(rows, expected, "the README's environment table");
+}

@@ -28,7 +28,7 @@ use http::header::{AUTHORIZATION, COOKIE};
 use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 
-use crate::config::AuthConfig;
+use crate::config::{AllowedAlgorithm, AuthConfig};
 use crate::crypto::sha256;
 use cache::{Cached, SessionCache};
 use keys::KeyId;
@@ -152,7 +152,7 @@ fn session_cookie_value(headers: &HeaderMap) -> Option<&str> {
 /// Verifies session tokens; cheap to share (`Arc`) across requests.
 pub struct Verifier {
     keys: Arc<KeyStore>,
-    algorithms: Vec<Algorithm>,
+    algorithms: Vec<AllowedAlgorithm>,
     issuer: Option<String>,
     authorized_parties: Vec<String>,
     leeway: u64,
@@ -195,7 +195,7 @@ impl Verifier {
         keys.watch_cache(&cache);
         Self {
             keys,
-            algorithms: config.algorithms.iter().map(|a| a.0).collect(),
+            algorithms: config.algorithms.clone(),
             // Compared byte for byte: `check-config` warns about a trailing `/`.
             issuer: config.issuer.clone(),
             authorized_parties: config.authorized_parties.clone(),
@@ -274,8 +274,8 @@ impl Verifier {
         // Only names we allow are parsed; `none`, `HS256`, junk all fall through.
         self.algorithms
             .iter()
-            .copied()
-            .find(|a| algorithm_name(*a) == alg)
+            .find(|a| a.name() == alg)
+            .map(|a| a.0)
             .ok_or(AuthError::UnsupportedAlgorithm)
     }
 
@@ -379,24 +379,6 @@ fn decode_part<T: serde::de::DeserializeOwned>(
         .decode(b64)
         .map_err(|_| AuthError::Malformed(what))?;
     serde_json::from_slice(&bytes).map_err(|_| AuthError::Malformed(what))
-}
-
-pub fn algorithm_name(alg: Algorithm) -> &'static str {
-    match alg {
-        Algorithm::HS256 => "HS256",
-        Algorithm::HS384 => "HS384",
-        Algorithm::HS512 => "HS512",
-        Algorithm::ES256 => "ES256",
-        Algorithm::ES384 => "ES384",
-        Algorithm::RS256 => "RS256",
-        Algorithm::RS384 => "RS384",
-        Algorithm::RS512 => "RS512",
-        Algorithm::PS256 => "PS256",
-        Algorithm::PS384 => "PS384",
-        Algorithm::PS512 => "PS512",
-        Algorithm::EdDSA => "EdDSA",
-        _ => "unsupported",
-    }
 }
 
 pub fn unix_now() -> u64 {

@@ -663,7 +663,10 @@ impl RawResponse {
 /// Clears every environment variable that would override the config file under test (the
 /// library's own list, plus `RUST_LOG`), so a developer's shell cannot change a test's outcome.
 pub fn clear_overrides(command: &mut Command) -> &mut Command {
-    for (var, _) in stream_token_proxy::config::ENV_OVERRIDES {
+    for var in stream_token_proxy::config::ENV_OVERRIDES
+        .iter()
+        .map(|o| o.var)
+    {
         command.env_remove(var);
     }
     command.env_remove("RUST_LOG")
