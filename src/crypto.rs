@@ -1,4 +1,5 @@
-//! The few digests and random bytes several modules need, in one place (aws-lc-rs underneath).
+//! The few digests, random bytes and the TLS crypto provider that several modules need, in one
+//! place: aws-lc-rs underneath all of them.
 
 /// SHA-256 of `bytes`: cache keys for verified tokens, fingerprints of keys and watched files.
 pub fn sha256(bytes: &[u8]) -> [u8; 32] {
@@ -11,4 +12,9 @@ pub fn sha256(bytes: &[u8]) -> [u8; 32] {
 /// Fills `bytes` from the system's secure random source.
 pub fn random_bytes(bytes: &mut [u8]) -> Result<(), aws_lc_rs::error::Unspecified> {
     aws_lc_rs::rand::fill(bytes)
+}
+
+/// The rustls crypto provider, for the server's TLS and the JWKS client alike.
+pub fn tls_provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
+    std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }

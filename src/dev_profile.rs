@@ -188,7 +188,7 @@ impl DevSigner {
     /// The key store that trusts this key (and nothing else).
     pub fn key_store(
         &self,
-        metrics: std::sync::Arc<crate::ops::metrics::Metrics>,
+        metrics: std::sync::Arc<crate::metrics::Metrics>,
     ) -> Result<KeyStore, DevProfileError> {
         KeyStore::from_pem(self.public_pem.as_bytes(), metrics).map_err(|e| DevProfileError::Load {
             what: "dev signing key",
@@ -409,8 +409,8 @@ mod tests {
             !ensure_dev_certificate(&cert, &key).unwrap(),
             "second run reuses the pair"
         );
-        let store = crate::server::tls::CertStore::load(&cert, &key).unwrap();
-        crate::server::tls::server_config(std::sync::Arc::new(store)).unwrap();
+        let store = crate::tls::CertStore::load(&cert, &key).unwrap();
+        crate::tls::server_config(std::sync::Arc::new(store)).unwrap();
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;

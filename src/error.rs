@@ -14,8 +14,6 @@ use http::{Response, StatusCode};
 
 use crate::auth::AuthError;
 use crate::limits::Limited;
-use crate::routes::body::ProxyBody;
-use crate::routes::path::AmbiguousPath;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -50,8 +48,8 @@ pub enum ProxyError {
     UpstreamProtocol(#[source] BoxError),
     #[error("request target cannot be forwarded: {0}")]
     BadTarget(String),
-    #[error("{0}")]
-    AmbiguousPath(AmbiguousPath),
+    #[error("the path starts with // or /\\ (Node's URL parser reads a host there)")]
+    AmbiguousPath,
     #[error("method {0} is not allowed here")]
     MethodNotAllowed(http::Method, &'static str),
     #[error("{0} is not supported by this proxy")]
@@ -81,7 +79,7 @@ impl ProxyError {
         match self {
             Self::UpstreamConnect(_) | Self::UpstreamProtocol(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            Self::BadTarget(_) | Self::BadRequest(_) | Self::AmbiguousPath(_) => {
+            Self::BadTarget(_) | Self::BadRequest(_) | Self::AmbiguousPath => {
                 StatusCode::BAD_REQUEST
             }
             Self::MethodNotAllowed(..) => StatusCode::METHOD_NOT_ALLOWED,
@@ -104,7 +102,7 @@ impl ProxyError {
             Self::UpstreamConnect(_) => "upstream_unavailable",
             Self::UpstreamTimeout(_) => "upstream_timeout",
             Self::UpstreamProtocol(_) => "bad_gateway",
-            Self::BadTarget(_) | Self::BadRequest(_) | Self::AmbiguousPath(_) => "bad_request",
+            Self::BadTarget(_) | Self::BadRequest(_) | Self::AmbiguousPath => "bad_request",
             Self::MethodNotAllowed(..) => "method_not_allowed",
             Self::NotImplemented(_) => "not_implemented",
             Self::Auth(e) => e.code(),
@@ -125,7 +123,7 @@ impl ProxyError {
             Self::UpstreamTimeout(_) => "The backend server did not answer in time.",
             Self::UpstreamProtocol(_) => "The backend server closed the connection unexpectedly.",
             Self::BadTarget(_) => "The request target cannot be forwarded.",
-            Self::AmbiguousPath(_) => "The request path must not start with // or /\\.",
+            Self::AmbiguousPath => "The request path must not start with // or /\\.",
             Self::MethodNotAllowed(..) => "This method is not allowed here.",
             Self::NotImplemented(_) => "This proxy does not support that feature of the request.",
             Self::Auth(e) => auth_message(e),
@@ -152,7 +150,7 @@ impl ProxyError {
         }
     }
 
-    pub fn to_response(&self) -> Response<ProxyBody> {
+    pub fn to_response(&self) -> Response<Bytes> {
         let mut response = json_response(self.status(), self.code(), self.public_message());
         let headers = response.headers_mut();
         match self {
@@ -236,9 +234,9 @@ fn www_authenticate(e: &AuthError) -> HeaderValue {
 }
 
 /// `{"error": code, "message": message}` with `no-store`, the shape of every error we send.
-pub fn json_response(status: StatusCode, code: &str, message: &str) -> Response<ProxyBody> {
+pub fn json_response(status: StatusCode, code: &str, message: &str) -> Response<Bytes> {
     let body = serde_json::json!({ "error": code, "message": message }).to_string();
-    let mut response = Response::new(ProxyBody::full(Bytes::from(body)));
+    let mut response = Response::new(Bytes::from(body));
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -249,15 +247,14 @@ pub fn json_response(status: StatusCode, code: &str, message: &str) -> Response<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http_body_util::BodyExt;
 
-    #[tokio::test]
-    async fn error_body_is_json_with_code_and_fixed_message() {
+    #[test]
+    fn error_body_is_json_with_code_and_fixed_message() {
         let err = ProxyError::UpstreamConnect("connection refused to 10.1.2.3:3002".into());
         let response = err.to_response();
         assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
         assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
-        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let body = response.into_body();
         let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(json["error"], "upstream_unavailable");
         assert!(

@@ -22,16 +22,19 @@
 
 mod auth;
 pub mod config;
+mod connection;
 mod crypto;
 mod dev_profile;
 mod error;
 mod forward;
 mod limits;
+mod metrics;
 mod ops;
 mod routes;
 mod server;
 mod stream_token;
 pub mod testing;
+mod tls;
 mod upstream;
 
 use std::net::SocketAddr;
@@ -49,12 +52,12 @@ use crate::auth::keys::KeyError;
 use crate::config::{ConfigError, Secret};
 use crate::dev_profile::{DevProfileError, DevSigner};
 use crate::limits::Limits;
+use crate::metrics::Metrics;
 use crate::ops::admin::AdminState;
-use crate::ops::metrics::Metrics;
 use crate::ops::reload::Reloader;
 use crate::routes::Shared;
-use crate::server::tls::{CertStore, TlsError};
 use crate::stream_token::StreamMinter;
+use crate::tls::{CertStore, TlsError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {

@@ -3,11 +3,12 @@
 
 pub use crate::auth::keys::parse_jwks;
 pub use crate::auth::{AuthError, KeyStore, Session, Verifier, credentials, unix_now};
+pub use crate::connection::ClientConn;
 pub use crate::dev_profile::ensure_dev_certificate;
 pub use crate::error::ProxyError;
-pub use crate::forward::{ClientConn, prepare_request_headers, strip_hop_by_hop};
+pub use crate::forward::{prepare_request_headers, strip_hop_by_hop};
 pub use crate::limits::Limits;
-pub use crate::ops::metrics::Metrics;
+pub use crate::metrics::Metrics;
 pub use crate::routes::token::{check_body_user, is_token_path, parse_token_body};
-pub use crate::server::tls::CertStore;
 pub use crate::stream_token::StreamMinter;
+pub use crate::tls::CertStore;

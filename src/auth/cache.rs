@@ -3,8 +3,27 @@
 //! expired and its key is still in the key set; the key store drops the entries of a key
 //! when a JWKS refresh removes it.
 
+use std::sync::Arc;
+
 use super::Session;
-use super::keys::{KeyId, KeySet, KeyStore};
+
+/// Which key verified a session: its `kid` (none for a static PEM key) and a SHA-256 of its
+/// JWK or PEM, so a key replaced under the same `kid` counts as removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyId {
+    kid: Option<Arc<str>>,
+    digest: [u8; 32],
+}
+
+impl KeyId {
+    pub(super) fn new(kid: Option<Arc<str>>, digest: [u8; 32]) -> Self {
+        Self { kid, digest }
+    }
+
+    pub(super) fn kid(&self) -> Option<&str> {
+        self.kid.as_deref()
+    }
+}
 
 pub(super) struct SessionCache {
     entries: quick_cache::sync::Cache<[u8; 32], Entry>,
@@ -33,12 +52,19 @@ impl SessionCache {
         }
     }
 
-    /// The token `digest` as of `now` (unix seconds); expired and orphaned entries are removed.
-    pub(super) fn get(&self, digest: &[u8; 32], now: u64, leeway: u64, keys: &KeyStore) -> Cached {
+    /// The token `digest` as of `now` (unix seconds); expired entries, and those whose key
+    /// `held` says is gone, are removed.
+    pub(super) fn get(
+        &self,
+        digest: &[u8; 32],
+        now: u64,
+        leeway: u64,
+        held: impl Fn(&KeyId) -> bool,
+    ) -> Cached {
         let Some(entry) = self.entries.get(digest) else {
             return Cached::Unknown;
         };
-        if !keys.holds(&entry.key) {
+        if !held(&entry.key) {
             self.entries.remove(digest);
             return Cached::Unknown;
         }
@@ -53,9 +79,9 @@ impl SessionCache {
         self.entries.insert(digest, Entry { session, key });
     }
 
-    /// Drops every session whose key `set` no longer holds.
-    pub(super) fn retain_keys(&self, set: &KeySet) {
-        self.entries.retain(|_, entry| set.holds(&entry.key));
+    /// Drops every session whose key `held` says is gone.
+    pub(super) fn retain_keys(&self, held: impl Fn(&KeyId) -> bool) {
+        self.entries.retain(|_, entry| held(&entry.key));
     }
 
     #[cfg(test)]

@@ -22,10 +22,10 @@ use serde::Deserialize;
 use tracing::{debug, info, warn};
 
 use super::AuthError;
-use super::cache::SessionCache;
+use super::cache::{KeyId, SessionCache};
 use super::refetch::Refetch;
 use crate::config::AuthConfig;
-use crate::ops::metrics::Metrics;
+use crate::metrics::Metrics;
 
 /// A JWKS document larger than this is refused (Clerk's is about 1 KB).
 const MAX_JWKS_BYTES: usize = 1024 * 1024;
@@ -39,14 +39,6 @@ pub struct VerifyKey {
     /// The JWK's `alg`, when it names one: a token must then use exactly that algorithm.
     pub alg: Option<Algorithm>,
     pub id: KeyId,
-}
-
-/// Which key verified a session: its `kid` (none for a static PEM key) and a SHA-256 of its
-/// JWK or PEM, so a key replaced under the same `kid` counts as removed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyId {
-    kid: Option<Arc<str>>,
-    digest: [u8; 32],
 }
 
 /// The keys in force.
@@ -64,8 +56,8 @@ pub struct KeySet {
 impl KeySet {
     /// Whether the key `id` names is still in this set, unchanged.
     pub fn holds(&self, id: &KeyId) -> bool {
-        let key = match &id.kid {
-            Some(kid) => self.by_kid.get(&**kid),
+        let key = match id.kid() {
+            Some(kid) => self.by_kid.get(kid),
             None => self.any.as_ref(),
         };
         key.is_some_and(|k| k.id == *id)
@@ -156,10 +148,7 @@ impl KeyStore {
         let decoding = DecodingKey::from_rsa_pem(pem)
             .or_else(|_| DecodingKey::from_ec_pem(pem))
             .map_err(|_| KeyError::BadPem)?;
-        let id = KeyId {
-            kid: None,
-            digest: crate::crypto::sha256(pem),
-        };
+        let id = KeyId::new(None, crate::crypto::sha256(pem));
         let set = KeySet {
             by_kid: HashMap::new(),
             any: Some(Arc::new(VerifyKey {
@@ -200,7 +189,7 @@ impl KeyStore {
         metrics: Arc<Metrics>,
     ) -> Result<Self, KeyError> {
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(crate::server::tls::provider())
+            .with_provider_and_webpki_roots(crate::crypto::tls_provider())
             .map_err(|e| KeyError::Fetch(e.to_string()))?
             .https_or_http()
             .enable_http1()
@@ -359,7 +348,7 @@ impl KeyStore {
         );
         let caches = self.caches.lock().unwrap_or_else(PoisonError::into_inner);
         for cache in caches.iter().filter_map(Weak::upgrade) {
-            cache.retain_keys(&set);
+            cache.retain_keys(|id| set.holds(id));
         }
     }
 }
@@ -436,10 +425,7 @@ pub fn parse_jwks(body: &[u8]) -> Result<KeySet, KeyError> {
             .common
             .key_algorithm
             .and_then(|a| a.to_string().parse::<Algorithm>().ok());
-        let id = KeyId {
-            kid: Some(Arc::from(kid.as_str())),
-            digest,
-        };
+        let id = KeyId::new(Some(Arc::from(kid.as_str())), digest);
         by_kid.insert(kid, Arc::new(VerifyKey { decoding, alg, id }));
     }
     if by_kid.is_empty() {

@@ -30,8 +30,8 @@ use serde::Deserialize;
 
 use crate::config::{AllowedAlgorithm, AuthConfig};
 use crate::crypto::sha256;
+use cache::KeyId;
 use cache::{Cached, SessionCache};
-use keys::KeyId;
 pub use keys::KeyStore;
 use session_rules::Member;
 
@@ -220,7 +220,10 @@ impl Verifier {
             return Err(AuthError::Malformed("the token is too long"));
         }
         let digest = sha256(token.as_bytes());
-        match self.cache.get(&digest, now, self.leeway, &self.keys) {
+        match self
+            .cache
+            .get(&digest, now, self.leeway, |id| self.keys.holds(id))
+        {
             Cached::Valid(session) => return Ok(session),
             Cached::Expired => return Err(AuthError::Expired),
             Cached::Unknown => {}

@@ -13,7 +13,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tracing::{debug, warn};
 
-use crate::server::connection::Tunnel;
+use crate::connection::Tunnel;
 
 /// Runs the tunnel between the upgraded client and upstream connections. Holding `tunnel`
 /// keeps the client connection counted (and its slot taken) for as long as this runs.

@@ -6,13 +6,10 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::Buf as _;
 use http::{Method, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use tracing::{Level, info};
-
-use crate::error::BoxError;
-use crate::routes::body::ProxyBody;
 
 /// What the router learned about a request, logged when its response ends.
 #[derive(Debug)]
@@ -51,15 +48,15 @@ impl AccessEntry {
 
 /// The response body with its access-log entry; logs on drop.
 #[derive(Debug)]
-pub struct LoggedBody {
-    inner: ProxyBody,
+pub struct LoggedBody<B: Body + Unpin> {
+    inner: B,
     entry: Option<AccessEntry>,
     bytes: u64,
     complete: bool,
 }
 
-impl LoggedBody {
-    pub fn new(inner: ProxyBody, entry: Option<AccessEntry>) -> Self {
+impl<B: Body + Unpin> LoggedBody<B> {
+    pub fn new(inner: B, entry: Option<AccessEntry>) -> Self {
         let complete = inner.is_end_stream();
         Self {
             inner,
@@ -70,19 +67,19 @@ impl LoggedBody {
     }
 }
 
-impl Body for LoggedBody {
-    type Data = Bytes;
-    type Error = BoxError;
+impl<B: Body + Unpin> Body for LoggedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    self.bytes += data.len() as u64;
+                    self.bytes += data.remaining() as u64;
                 } else if frame.is_trailers() {
                     self.complete = true;
                 }
@@ -102,7 +99,7 @@ impl Body for LoggedBody {
     }
 }
 
-impl Drop for LoggedBody {
+impl<B: Body + Unpin> Drop for LoggedBody<B> {
     fn drop(&mut self) {
         let Some(e) = self.entry.take() else { return };
         let upstream_ms = e.upstream_time.map(|d| d.as_secs_f64() * 1e3);

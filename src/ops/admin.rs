@@ -21,8 +21,8 @@ use tracing::debug;
 
 use crate::auth::KeyStore;
 use crate::limits::Limits;
-use crate::ops::metrics::Metrics;
-use crate::server::tls::CertStore;
+use crate::metrics::Metrics;
+use crate::tls::CertStore;
 
 impl std::fmt::Debug for AdminState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -1,6 +1,5 @@
-//! Operating the proxy: the admin listener, metrics, the access log, reloads.
+//! Operating the proxy: the admin listener, the access log, certificate and secret reloads.
 
 pub mod access_log;
 pub mod admin;
-pub mod metrics;
 pub mod reload;

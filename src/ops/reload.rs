@@ -10,9 +10,9 @@ use tracing::{info, warn};
 
 use crate::config::read_secret_file;
 use crate::crypto::sha256;
-use crate::ops::metrics::Metrics;
-use crate::server::tls::CertStore;
+use crate::metrics::Metrics;
 use crate::stream_token::StreamMinter;
+use crate::tls::CertStore;
 
 impl std::fmt::Debug for Reloader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

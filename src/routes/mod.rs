@@ -20,15 +20,15 @@ use tracing::{info, warn};
 
 use crate::auth::{KeyStore, Verifier};
 use crate::config::{Config, ForwardingConfig, UpstreamConfig};
+use crate::connection::{ClientConn, ConnectionSlot};
 use crate::error::{Fault, ProxyError};
-use crate::forward::{ClientConn, Forwarder};
+use crate::forward::Forwarder;
 use crate::limits::{Limited, Limits};
+use crate::metrics::Metrics;
 use crate::ops::access_log::{AccessEntry, LoggedBody};
-use crate::ops::metrics::Metrics;
 use crate::routes::body::ProxyBody;
-use crate::routes::path::RoutePath;
+use crate::routes::path::{AmbiguousPath, RoutePath};
 use crate::routes::token::{TOKEN_PATH, TokenRoute};
-use crate::server::connection::ConnectionSlot;
 use crate::stream_token::StreamMinter;
 
 /// Everything a request may need, shared by all connections.
@@ -179,7 +179,7 @@ impl App {
         mut request: Request<Incoming>,
         conn: ClientConn,
         slot: Arc<ConnectionSlot>,
-    ) -> Result<Response<LoggedBody>, Infallible> {
+    ) -> Result<Response<LoggedBody<ProxyBody>>, Infallible> {
         let started = Instant::now();
         let request_id = self.shared.request_ids.assign(request.headers_mut());
         let mut entry = AccessEntry::start(request.method(), request.uri().path(), started);
@@ -189,7 +189,7 @@ impl App {
         let (route, refused) = match RoutePath::parse(request.uri().path()) {
             Ok(path) if path.is(TOKEN_PATH) => (0, None),
             Ok(_) => (1, None),
-            Err(ambiguous) => (1, Some(ProxyError::AmbiguousPath(ambiguous))),
+            Err(AmbiguousPath) => (1, Some(ProxyError::AmbiguousPath)),
         };
 
         let metrics = &self.shared.metrics;
@@ -311,7 +311,7 @@ fn respond(
     if let Some(e) = entry.as_mut() {
         e.error = Some(error.code());
     }
-    error.to_response()
+    error.to_response().map(ProxyBody::full)
 }
 
 #[cfg(test)]

@@ -2,8 +2,6 @@
 //! HTTP/1.1 and HTTP/2 serving with per-connection timeouts (first request, idle), and the
 //! graceful drain on shutdown. Routing decisions are the router's.
 
-pub mod connection;
-pub mod tls;
 mod worker;
 
 use std::net::SocketAddr;
@@ -25,13 +23,13 @@ use tracing::{debug, info, warn};
 
 use crate::StartError;
 use crate::config::{Config, ServerConfig};
-use crate::forward::ClientConn;
-use crate::ops::metrics::Metrics;
+use crate::connection::ClientConn;
+use crate::connection::{ConnectionSlot, Idleness, PerIpConnections, TrackedBody};
+use crate::metrics::Metrics;
 use crate::routes::App;
 use crate::routes::Shared;
-use crate::server::connection::{ConnectionSlot, Idleness, PerIpConnections, TrackedBody};
-use crate::server::tls::CertStore;
 use crate::server::worker::Worker;
+use crate::tls::{self, CertStore};
 
 type Builder = auto::Builder<TokioExecutor>;
 

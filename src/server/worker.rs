@@ -7,7 +7,7 @@ use tokio::sync::{oneshot, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::ServerConfig;
-use crate::ops::metrics::Metrics;
+use crate::metrics::Metrics;
 use crate::routes::App;
 use crate::server::Admission;
 

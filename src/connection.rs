@@ -1,4 +1,5 @@
-//! What one client connection holds while it is open, and how busy it is.
+//! One client connection as requests see it: its facts ([`ClientConn`]), what it holds while
+//! it is open ([`ConnectionSlot`]), and how busy it is.
 //!
 //! A [`ConnectionSlot`] is the connection's place under `server.max_connections`, under
 //! `server.max_connections_per_ip`, in the `open_connections` gauge and in its worker's drain.
@@ -18,7 +19,16 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
-use crate::ops::metrics::Metrics;
+use crate::metrics::Metrics;
+
+/// The facts about a client connection that requests need (where it comes from, whether it
+/// came over TLS), copied into each request.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientConn {
+    pub peer: std::net::SocketAddr,
+    /// `true` when the client reached us over TLS (sets `X-Forwarded-Proto`).
+    pub tls: bool,
+}
 
 pub struct ConnectionSlot {
     _permit: OwnedSemaphorePermit,

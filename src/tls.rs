@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -43,11 +42,6 @@ pub enum TlsError {
     },
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
-}
-
-/// The crypto provider for TLS and everything else (aws-lc-rs, one implementation for all).
-pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 /// The certificate and key currently served, swappable at run time.
@@ -112,7 +106,7 @@ impl ResolvesServerCert for CertStore {
 
 /// rustls server configuration: TLS 1.2 and 1.3 only, ALPN `h2` and `http/1.1`.
 pub fn server_config(store: Arc<CertStore>) -> Result<rustls::ServerConfig, TlsError> {
-    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+    let mut config = rustls::ServerConfig::builder_with_provider(crate::crypto::tls_provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_cert_resolver(store);
@@ -179,15 +173,14 @@ fn load_certified_key(cert_path: &Path, key_path: &Path) -> Result<CertifiedKey,
         path: key_path.to_path_buf(),
         message: "no PKCS#8, PKCS#1 or SEC1 private key in PEM form".into(),
     })?;
-    let signing_key =
-        provider()
-            .key_provider
-            .load_private_key(key)
-            .map_err(|e| TlsError::Parse {
-                what: "the TLS private key",
-                path: key_path.to_path_buf(),
-                message: e.to_string(),
-            })?;
+    let signing_key = crate::crypto::tls_provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| TlsError::Parse {
+            what: "the TLS private key",
+            path: key_path.to_path_buf(),
+            message: e.to_string(),
+        })?;
     let certified = CertifiedKey::new(certs, signing_key);
     certified.keys_match().map_err(|e| TlsError::Mismatch {
         cert: cert_path.to_path_buf(),
