@@ -7,18 +7,25 @@
 //! | module | owns |
 //! | --- | --- |
 //! | [`config`] | the `proxy.toml` schema by section, each section's checks, the env-override table |
-//! | `server` | listener, workers, admission and connection limits, TLS acceptor and certificates, per-connection timeouts, drain |
-//! | `routes` | the router and its handlers: the token route, CORS, how Node reads a path, request ids, the response body; errors become responses there |
+//! | `server` | listener, worker threads, admission (`max_connections`, per IP), TLS handshakes, per-connection timeouts, drain |
+//! | `connection` | one client connection: its facts, its slot (held by a tunnel too), requests in flight |
+//! | `tls` | the served certificate (swappable), rustls settings |
+//! | `routes` | the router and its per-request context, the token route, CORS, how Node reads a path, request ids, the response body; errors become responses there |
 //! | `auth` | session verification: key sources (JWKS, PEM), token-type rules, the refetch schedule, the verified-session cache |
 //! | `stream_token` | minting Stream user tokens |
 //! | `limits` | rate limits (per IP, per user, global, forwarded prefixes), the client IP behind trusted proxies |
-//! | `forward` | one forwarded request: hop-by-hop and `X-Forwarded-*` headers, timeouts, retry, WebSocket tunnels |
+//! | `forward` | one forwarded request: headers, checks, timeouts, retry, upload progress, WebSocket tunnels |
 //! | `upstream` | each worker's pool of HTTP/1.1 connections to Node |
-//! | `ops` | the admin listener, metrics, the access log, certificate and secret reloads |
+//! | `ops` | the admin listener, the access log, certificate and secret reloads |
+//! | `metrics` | the Prometheus registry |
 //! | `dev_profile` | the dev certificate, signing key and Stream secret; `dev-token` |
 //! | `error` | the one mapping from errors to status, JSON body and headers |
-//! | `crypto` | SHA-256 and random bytes |
+//! | `crypto` | SHA-256, random bytes, the rustls provider |
+//! | `fast_format` | IPv4 addresses and hex numbers as text without `std::fmt` (hot path) |
 //! | [`testing`] | what benchmarks, fuzz targets and tests reach inside the crate for |
+//!
+//! The `use` lines between these modules form a tree: `config`, `metrics`, `crypto` and
+//! `fast_format` at the leaves, `server` and `routes` near the top, `lib.rs` above all.
 
 mod auth;
 pub mod config;
@@ -26,6 +33,7 @@ mod connection;
 mod crypto;
 mod dev_profile;
 mod error;
+mod fast_format;
 mod forward;
 mod limits;
 mod metrics;

@@ -1,18 +1,20 @@
-//! Which path goes where. The router owns no route logic: it picks the handler, turns a handler
-//! error into its response (through [`ProxyError::to_response`], the only place that happens),
-//! logs it, and attaches the access log.
+//! The router: which path goes where. It owns no route logic: it gives each request its
+//! context (request id, access-log entry), picks the route (the token route for every spelling
+//! of its path, `path.rs`), turns a handler's error into its response (through
+//! [`ProxyError::to_response`], the only place that happens), counts and logs it, and attaches
+//! the access log.
 
 pub mod body;
+mod cors;
 pub mod path;
+mod request_id;
 pub mod token;
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use bytes::Bytes;
-use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
@@ -24,10 +26,11 @@ use crate::connection::{ClientConn, ConnectionSlot};
 use crate::error::{Fault, ProxyError};
 use crate::forward::Forwarder;
 use crate::limits::{Limited, Limits};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ROUTES};
 use crate::ops::access_log::{AccessEntry, LoggedBody};
 use crate::routes::body::ProxyBody;
 use crate::routes::path::{AmbiguousPath, RoutePath};
+use crate::routes::request_id::{RequestIds, X_REQUEST_ID};
 use crate::routes::token::{TOKEN_PATH, TokenRoute};
 use crate::stream_token::StreamMinter;
 
@@ -90,88 +93,39 @@ impl App {
     }
 }
 
-static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-/// Request ids: the client's `X-Request-Id` when it is sane, else `<process prefix>-<counter>`.
-pub struct RequestIds {
-    prefix: String,
-    next: AtomicU64,
+/// One request as every stage of the router sees it: where it came from, its id, its
+/// access-log entry (Pingora's per-request context).
+struct RequestContext {
+    conn: ClientConn,
+    slot: Arc<ConnectionSlot>,
+    request_id: HeaderValue,
+    entry: Option<AccessEntry>,
+    /// HTTP/1 (a refused request's unread body can close the connection).
+    http1: bool,
 }
 
-impl Default for RequestIds {
-    fn default() -> Self {
-        let mut bytes = [0u8; 6];
-        // A zero prefix (if the RNG failed) still gives ids unique within this process.
-        let _ = crate::crypto::random_bytes(&mut bytes);
-        Self {
-            prefix: bytes.iter().map(|b| format!("{b:02x}")).collect(),
-            next: AtomicU64::new(1),
-        }
-    }
+/// The routes, for metrics and the access log.
+#[derive(Clone, Copy)]
+enum Route {
+    Token,
+    Forward,
 }
 
-impl RequestIds {
-    /// The id for this request, written into its headers so the upstream sees the same one.
-    fn assign(&self, headers: &mut HeaderMap) -> HeaderValue {
-        // One hashed lookup whether the client sent an id or not.
-        match headers.entry(&X_REQUEST_ID) {
-            Entry::Occupied(mut sent) => {
-                let mut values = sent.iter();
-                if let (Some(id), None) = (values.next(), values.next())
-                    && is_sane_request_id(id.as_bytes())
-                {
-                    return id.clone();
-                }
-                // Replaces every line the client sent.
-                let id = self.generate();
-                sent.insert(id.clone());
-                id
-            }
-            Entry::Vacant(missing) => missing.insert(self.generate()).clone(),
+impl Route {
+    /// Index into `metrics::ROUTES`.
+    fn index(self) -> usize {
+        match self {
+            Self::Token => 0,
+            Self::Forward => 1,
         }
     }
 
-    /// `<prefix>-<n in hex>`, written without the formatting machinery (per request).
-    fn generate(&self) -> HeaderValue {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let mut text = Vec::with_capacity(self.prefix.len() + 17);
-        text.extend_from_slice(self.prefix.as_bytes());
-        text.push(b'-');
-        let digits = (u64::BITS - n.leading_zeros()).div_ceil(4).max(1);
-        for shift in (0..digits).rev() {
-            text.push(b"0123456789abcdef"[(n >> (shift * 4)) as usize & 0xf]);
-        }
-        HeaderValue::from_maybe_shared(Bytes::from(text))
-            .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+    fn name(self) -> &'static str {
+        ROUTES[self.index()]
     }
-}
-
-/// At most 128 bytes of `[A-Za-z0-9._:-]`: safe to log and to pass on.
-fn is_sane_request_id(id: &[u8]) -> bool {
-    !id.is_empty()
-        && id.len() <= 128
-        && id
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
 impl App {
-    /// Per-IP limits on forwarded paths, when configured (none by default).
-    fn check_forward_limit(
-        &self,
-        request: &Request<Incoming>,
-        conn: ClientConn,
-    ) -> Result<(), Limited> {
-        if !self.shared.limits.has_forward_limits() {
-            return Ok(());
-        }
-        let ip = self
-            .shared
-            .limits
-            .client_ip(conn.peer.ip(), request.headers());
-        self.shared.limits.check_forward(request.uri().path(), ip)
-    }
-
     /// Answers one request. Never fails: every error is a response (the `Result` is the shape
     /// hyper's service wants).
     pub async fn handle(
@@ -180,114 +134,179 @@ impl App {
         conn: ClientConn,
         slot: Arc<ConnectionSlot>,
     ) -> Result<Response<LoggedBody<ProxyBody>>, Infallible> {
+        let mut ctx = self.begin(&mut request, conn, slot);
+        let route = match RoutePath::parse(request.uri().path()) {
+            Ok(path) if path.is(TOKEN_PATH) => Route::Token,
+            Ok(_) => Route::Forward,
+            Err(AmbiguousPath) => {
+                let refused = self.respond(Err(ProxyError::AmbiguousPath), &mut ctx);
+                return Ok(self.finish(Route::Forward, refused, ctx));
+            }
+        };
+        if let Some(e) = ctx.entry.as_mut() {
+            e.route = route.name();
+        }
+        let response = match route {
+            Route::Token => self.token_route(request, &mut ctx).await,
+            Route::Forward => self.forward_route(request, &mut ctx).await,
+        };
+        Ok(self.finish(route, response, ctx))
+    }
+
+    #[inline]
+    fn begin(
+        &self,
+        request: &mut Request<Incoming>,
+        conn: ClientConn,
+        slot: Arc<ConnectionSlot>,
+    ) -> RequestContext {
         let started = Instant::now();
         let request_id = self.shared.request_ids.assign(request.headers_mut());
         let mut entry = AccessEntry::start(request.method(), request.uri().path(), started);
         if let Some(e) = entry.as_mut() {
             e.request_id = Some(request_id.clone());
         }
-        let (route, refused) = match RoutePath::parse(request.uri().path()) {
-            Ok(path) if path.is(TOKEN_PATH) => (0, None),
-            Ok(_) => (1, None),
-            Err(AmbiguousPath) => (1, Some(ProxyError::AmbiguousPath)),
-        };
+        RequestContext {
+            conn,
+            slot,
+            request_id,
+            entry,
+            http1: request.version() < Version::HTTP_2,
+        }
+    }
 
-        let metrics = &self.shared.metrics;
-        let mut response = if let Some(error) = refused {
-            respond(Err(error), &mut entry, conn, metrics)
-        } else if route == 0 {
-            if let Some(e) = entry.as_mut() {
-                e.route = "token";
-            }
-            let origin = self.shared.token.cors.allowed_origin(request.headers());
-            let preflight = request.method() == Method::OPTIONS;
-            let http1 = request.version() < Version::HTTP_2;
-            let client_ip = self
-                .shared
-                .limits
-                .client_ip(conn.peer.ip(), request.headers());
-            let result = self
-                .shared
-                .token
-                .handle(request, client_ip, &mut entry)
-                .await;
-            let mut response = respond(result, &mut entry, conn, metrics);
-            if !preflight {
-                self.shared.token.cors.decorate(&mut response, origin);
-            }
-            // What is left of a body that never came cannot be told from the next request.
-            if http1 && response.status() == StatusCode::REQUEST_TIMEOUT {
-                response
-                    .headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            }
-            response
-        } else if request.method() == Method::CONNECT {
-            respond(
-                Err(ProxyError::NotImplemented("CONNECT")),
-                &mut entry,
-                conn,
-                metrics,
-            )
-        } else if let Err(limited) = self.check_forward_limit(&request, conn) {
-            respond(
-                Err(ProxyError::RateLimited(limited)),
-                &mut entry,
-                conn,
-                metrics,
-            )
-        } else {
-            // A refused HTTP/1 request may leave body bytes unread, framed in a way the proxy
-            // just refused (a transfer coding it cannot undo, a broken chunk): they must never
-            // be read as the client's next request, so the connection closes after the answer.
-            let close_if_refused =
-                request.version() < Version::HTTP_2 && !request.body().is_end_stream();
-            let result = self
-                .forwarder
-                .forward(request, conn, slot)
-                .await
-                .map(|forwarded| {
-                    metrics
-                        .upstream_duration
-                        .observe(forwarded.upstream_time.as_secs_f64());
-                    if let Some(e) = entry.as_mut() {
-                        e.upstream_time = Some(forwarded.upstream_time);
-                    }
-                    forwarded.response.map(ProxyBody::upstream)
-                });
-            let refused = result.is_err();
-            let mut response = respond(result, &mut entry, conn, metrics);
-            if refused && close_if_refused {
-                response
-                    .headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            }
-            response
-        };
+    /// `POST /api/stream/token`, answered here, with CORS for browsers.
+    async fn token_route(
+        &self,
+        request: Request<Incoming>,
+        ctx: &mut RequestContext,
+    ) -> Response<ProxyBody> {
+        let token = &self.shared.token;
+        let origin = token.cors.allowed_origin(request.headers());
+        let preflight = request.method() == Method::OPTIONS;
+        let client_ip = self.client_ip(&request, ctx);
+        let result = token.handle(request, client_ip, &mut ctx.entry).await;
+        let mut response = self.respond(result, ctx);
+        if !preflight {
+            token.cors.decorate(&mut response, origin);
+        }
+        // What is left of a body that never came cannot be told from the next request.
+        if ctx.http1 && response.status() == StatusCode::REQUEST_TIMEOUT {
+            close_after(&mut response);
+        }
+        response
+    }
 
-        metrics.request(route, response.status());
+    /// Everything else goes to Node, unless it is `CONNECT` or over a `[[limits.forward]]`.
+    async fn forward_route(
+        &self,
+        request: Request<Incoming>,
+        ctx: &mut RequestContext,
+    ) -> Response<ProxyBody> {
+        if request.method() == Method::CONNECT {
+            return self.respond(Err(ProxyError::NotImplemented("CONNECT")), ctx);
+        }
+        if let Err(limited) = self.check_forward_limit(&request, ctx) {
+            return self.respond(Err(ProxyError::RateLimited(limited)), ctx);
+        }
+        // A refused HTTP/1 request may leave body bytes unread, framed in a way the proxy just
+        // refused (a transfer coding it cannot undo, a broken chunk): they must never be read
+        // as the client's next request, so the connection closes after the answer.
+        let close_if_refused = ctx.http1 && !request.body().is_end_stream();
+        let forwarded = self
+            .forwarder
+            .forward(request, ctx.conn, ctx.slot.clone())
+            .await;
+        let result = forwarded.map(|forwarded| {
+            let upstream_time = forwarded.upstream_time;
+            self.shared
+                .metrics
+                .upstream_duration
+                .observe(upstream_time.as_secs_f64());
+            if let Some(e) = ctx.entry.as_mut() {
+                e.upstream_time = Some(upstream_time);
+            }
+            forwarded.response.map(ProxyBody::upstream)
+        });
+        let refused = result.is_err();
+        let mut response = self.respond(result, ctx);
+        if refused && close_if_refused {
+            close_after(&mut response);
+        }
+        response
+    }
+
+    /// Per-IP limits on forwarded paths, when configured (none by default).
+    fn check_forward_limit(
+        &self,
+        request: &Request<Incoming>,
+        ctx: &RequestContext,
+    ) -> Result<(), Limited> {
+        if !self.shared.limits.has_forward_limits() {
+            return Ok(());
+        }
+        let ip = self.client_ip(request, ctx);
+        self.shared.limits.check_forward(request.uri().path(), ip)
+    }
+
+    /// The address rate limits count (`Limits::client_ip`: the peer, or `X-Forwarded-For`
+    /// behind a trusted proxy).
+    fn client_ip(&self, request: &Request<Incoming>, ctx: &RequestContext) -> std::net::IpAddr {
+        self.shared
+            .limits
+            .client_ip(ctx.conn.peer.ip(), request.headers())
+    }
+
+    /// The response for a handler's result; errors are counted and logged here with their
+    /// reason, the only place an error becomes a response.
+    #[inline]
+    fn respond(
+        &self,
+        result: Result<Response<ProxyBody>, ProxyError>,
+        ctx: &mut RequestContext,
+    ) -> Response<ProxyBody> {
+        let error = match result {
+            Ok(response) => return response,
+            Err(error) => error,
+        };
+        count_error(&self.shared.metrics, &error);
+        log_error(&error, ctx);
+        if let Some(e) = ctx.entry.as_mut() {
+            e.error = Some(error.code());
+        }
+        error.to_response().map(ProxyBody::full)
+    }
+
+    /// Counts the answer, gives it its request id and its access-log line.
+    #[inline]
+    fn finish(
+        &self,
+        route: Route,
+        mut response: Response<ProxyBody>,
+        mut ctx: RequestContext,
+    ) -> Response<LoggedBody<ProxyBody>> {
+        self.shared
+            .metrics
+            .request(route.index(), response.status());
         response
             .headers_mut()
-            .insert(X_REQUEST_ID.clone(), request_id);
-        if let Some(e) = entry.as_mut() {
+            .insert(X_REQUEST_ID.clone(), ctx.request_id);
+        if let Some(e) = ctx.entry.as_mut() {
             e.status = response.status();
         }
-        Ok(response.map(|body| LoggedBody::new(body, entry)))
+        response.map(|body| LoggedBody::new(body, ctx.entry))
     }
 }
 
-/// The response for a handler's result; errors are logged here with their reason.
-fn respond(
-    result: Result<Response<ProxyBody>, ProxyError>,
-    entry: &mut Option<AccessEntry>,
-    conn: ClientConn,
-    metrics: &Metrics,
-) -> Response<ProxyBody> {
-    let error = match result {
-        Ok(response) => return response,
-        Err(error) => error,
-    };
-    match &error {
+/// `Connection: close` on an HTTP/1 answer: the connection ends after it.
+fn close_after(response: &mut Response<ProxyBody>) {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+}
+
+fn count_error(metrics: &Metrics, error: &ProxyError) {
+    match error {
         ProxyError::Auth(e) => metrics.verification_failure(e.code()),
         ProxyError::RateLimited(limited) => metrics.rate_limited(limited.limiter),
         ProxyError::UpstreamConnect(_) => metrics.upstream_error("connect"),
@@ -295,68 +314,21 @@ fn respond(
         ProxyError::UpstreamProtocol(_) => metrics.upstream_error("protocol"),
         _ => {}
     }
-    let user_id = entry.as_ref().and_then(|e| e.user_id.clone());
-    let user_id = user_id.as_deref().or(match &error {
+}
+
+/// Refusing a client is routine (info); the upstream or the proxy failing is not (warn).
+fn log_error(error: &ProxyError, ctx: &RequestContext) {
+    let user_id = ctx.entry.as_ref().and_then(|e| e.user_id.clone());
+    let user_id = user_id.as_deref().or(match error {
         ProxyError::Auth(crate::auth::AuthError::UnauthorizedParty { user_id }) => {
             Some(user_id.as_str())
         }
         _ => None,
     });
-    // Refusing a client is routine (info); the upstream or the proxy failing is not (warn).
+    let peer = ctx.conn.peer;
     if error.fault() == Fault::Client {
-        info!(code = error.code(), reason = %error, peer = %conn.peer, user_id, "request refused");
+        info!(code = error.code(), reason = %error, %peer, user_id, "request refused");
     } else {
-        warn!(code = error.code(), reason = %error, fault = error.fault().as_str(), peer = %conn.peer, "request failed");
-    }
-    if let Some(e) = entry.as_mut() {
-        e.error = Some(error.code());
-    }
-    error.to_response().map(ProxyBody::full)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn generated_request_ids_are_prefix_dash_hex_counter() {
-        let ids = RequestIds {
-            prefix: "0a1b2c3d4e5f".into(),
-            next: AtomicU64::new(0),
-        };
-        for expected in ["0", "1", "2"] {
-            let mut headers = HeaderMap::new();
-            let id = ids.assign(&mut headers);
-            assert_eq!(id, format!("0a1b2c3d4e5f-{expected}").as_str());
-            assert_eq!(headers[&X_REQUEST_ID], id);
-        }
-        for n in [15u64, 16, 0xabc, u64::MAX] {
-            ids.next.store(n, Ordering::Relaxed);
-            let id = ids.assign(&mut HeaderMap::new());
-            assert_eq!(id, format!("0a1b2c3d4e5f-{n:x}").as_str());
-        }
-    }
-
-    #[test]
-    fn a_sane_client_id_is_kept_and_anything_else_replaced_by_one_line() {
-        let ids = RequestIds {
-            prefix: "p".into(),
-            next: AtomicU64::new(7),
-        };
-        let mut headers = HeaderMap::new();
-        headers.insert(&X_REQUEST_ID, HeaderValue::from_static("client-id.1:a_b"));
-        assert_eq!(ids.assign(&mut headers), "client-id.1:a_b");
-        assert_eq!(headers.get_all(&X_REQUEST_ID).iter().count(), 1);
-
-        for sent in [&["two", "lines"][..], &["spaces are not sane"], &[""]] {
-            let mut headers = HeaderMap::new();
-            for value in sent {
-                headers.append(&X_REQUEST_ID, HeaderValue::from_static(value));
-            }
-            let id = ids.assign(&mut headers);
-            assert!(id.to_str().unwrap().starts_with("p-"), "{sent:?}: {id:?}");
-            let lines: Vec<_> = headers.get_all(&X_REQUEST_ID).iter().collect();
-            assert_eq!(lines, [id], "{sent:?}");
-        }
+        warn!(code = error.code(), reason = %error, fault = error.fault().as_str(), %peer, "request failed");
     }
 }

@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, Response};
 use http_body::Body as _;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
@@ -15,18 +15,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::auth::{self, Session, Verifier, unix_now};
-use crate::config::{Config, CorsConfig};
+use crate::config::Config;
 use crate::error::ProxyError;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::ops::access_log::AccessEntry;
 use crate::routes::body::ProxyBody;
+use crate::routes::cors::{ALLOW, Cors};
 use crate::routes::path::RoutePath;
 use crate::stream_token::StreamMinter;
 
 /// The route's path. The router also sends every other spelling of it here.
 pub const TOKEN_PATH: &str = "/api/stream/token";
-const ALLOW: &str = "POST, OPTIONS";
 
 pub struct TokenRoute {
     pub verifier: Verifier,
@@ -195,88 +195,6 @@ pub fn check_body_user(
             user_id: session.user_id.clone(),
         }),
         Some(_) => Err(ProxyError::BadRequest("userId must be a string")),
-    }
-}
-
-/// CORS for the token route: exact origins only, no wildcard.
-pub struct Cors {
-    origins: Vec<HeaderValue>,
-    credentials: bool,
-    max_age: HeaderValue,
-}
-
-impl Cors {
-    pub fn new(config: &CorsConfig) -> Self {
-        Self {
-            origins: config
-                .allowed_origins
-                .iter()
-                .filter_map(|o| HeaderValue::from_str(o).ok())
-                .collect(),
-            credentials: config.allow_credentials,
-            max_age: HeaderValue::from(config.max_age.as_secs()),
-        }
-    }
-
-    /// The request's `Origin`, if it is one we allow.
-    pub fn allowed_origin(&self, headers: &HeaderMap) -> Option<HeaderValue> {
-        let origin = headers.get(header::ORIGIN)?;
-        self.origins
-            .iter()
-            .any(|o| o == origin)
-            .then(|| origin.clone())
-    }
-
-    /// Answers `OPTIONS`: a preflight from an allowed origin gets the CORS grant; from any other
-    /// origin, 403 without CORS headers; without `Origin`, a plain `Allow`.
-    fn preflight(&self, headers: &HeaderMap) -> Result<Response<ProxyBody>, ProxyError> {
-        let mut response = Response::new(ProxyBody::empty());
-        *response.status_mut() = StatusCode::NO_CONTENT;
-        let out = response.headers_mut();
-        out.insert(header::ALLOW, HeaderValue::from_static(ALLOW));
-        if headers.contains_key(header::ORIGIN) {
-            let origin = self
-                .allowed_origin(headers)
-                .ok_or(ProxyError::OriginNotAllowed)?;
-            out.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-            out.insert(
-                header::ACCESS_CONTROL_ALLOW_METHODS,
-                HeaderValue::from_static(ALLOW),
-            );
-            out.insert(
-                header::ACCESS_CONTROL_ALLOW_HEADERS,
-                HeaderValue::from_static("authorization, content-type"),
-            );
-            out.insert(header::ACCESS_CONTROL_MAX_AGE, self.max_age.clone());
-            if self.credentials {
-                out.insert(
-                    header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
-                    HeaderValue::from_static("true"),
-                );
-            }
-            out.insert(header::VARY, HeaderValue::from_static("Origin"));
-        }
-        Ok(response)
-    }
-
-    /// Adds the CORS grant to a (non-preflight) answer for an allowed origin; `Vary: Origin`
-    /// always, since the answer depends on it.
-    pub fn decorate(&self, response: &mut Response<ProxyBody>, origin: Option<HeaderValue>) {
-        let out = response.headers_mut();
-        out.append(header::VARY, HeaderValue::from_static("Origin"));
-        if let Some(origin) = origin {
-            out.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-            out.insert(
-                header::ACCESS_CONTROL_EXPOSE_HEADERS,
-                HeaderValue::from_static("retry-after, ratelimit, ratelimit-policy"),
-            );
-            if self.credentials {
-                out.insert(
-                    header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
-                    HeaderValue::from_static("true"),
-                );
-            }
-        }
     }
 }
 
