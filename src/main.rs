@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use stream_token_proxy::config::{Config, LogFormat};
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
@@ -169,39 +169,64 @@ fn serve(config: Config) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let signals = (
+        let Some(mut signals) = Signals::install() else {
+            return ExitCode::FAILURE;
+        };
+        let name = signals.wait_for_stop(&handle).await;
+        info!(signal = name, "shutting down gracefully");
+        handle.shutdown();
+        signals.drain(handle).await
+    })
+}
+
+/// SIGTERM, SIGINT and SIGHUP, as the serving process handles them.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    fn install() -> Option<Self> {
+        let installed = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
             signal(SignalKind::hangup()),
         );
-        let (mut term, mut int, mut hup) = match signals {
-            (Ok(t), Ok(i), Ok(h)) => (t, i, h),
+        match installed {
+            (Ok(term), Ok(int), Ok(hup)) => Some(Self { term, int, hup }),
             (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
                 error!(error = %e, "cannot install signal handlers");
-                return ExitCode::FAILURE;
+                None
             }
-        };
-        let name = loop {
+        }
+    }
+
+    /// Reloads on SIGHUP until SIGTERM or SIGINT; returns which.
+    async fn wait_for_stop(&mut self, handle: &stream_token_proxy::ProxyHandle) -> &'static str {
+        loop {
             tokio::select! {
-                _ = term.recv() => break "SIGTERM",
-                _ = int.recv() => break "SIGINT",
-                _ = hup.recv() => {
+                _ = self.term.recv() => return "SIGTERM",
+                _ = self.int.recv() => return "SIGINT",
+                _ = self.hup.recv() => {
                     info!("SIGHUP: reloading the certificate and secret files");
                     handle.reload();
                 }
             }
-        };
-        info!(signal = name, "shutting down gracefully");
-        handle.shutdown();
+        }
+    }
+
+    /// Waits for the drain; a second SIGTERM or SIGINT exits at once.
+    async fn drain(mut self, handle: stream_token_proxy::ProxyHandle) -> ExitCode {
         tokio::select! {
             _ = handle.wait() => {
                 info!("stopped");
                 ExitCode::SUCCESS
             }
-            _ = async { tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} } } => {
+            _ = async { tokio::select! { _ = self.term.recv() => {}, _ = self.int.recv() => {} } } => {
                 warn!("second signal: exiting without waiting for in-flight requests");
                 ExitCode::from(130)
             }
         }
-    })
+    }
 }

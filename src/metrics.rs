@@ -10,7 +10,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -74,6 +74,18 @@ pub struct Metrics {
     limiter_keys: Family<LimiterLabel, Gauge>,
 }
 
+/// Bounds of `upstream_duration_seconds`, in seconds.
+const UPSTREAM_BUCKETS: [f64; 13] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Registers `metric` as `name` and returns it (a metric is a shared handle: the registry
+/// keeps one, the caller the other).
+fn registered<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -89,129 +101,118 @@ impl std::fmt::Debug for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("stream_token_proxy");
-        let request_family = Family::<RequestLabels, Counter>::default();
-        registry.register(
+        let request_family: Family<RequestLabels, Counter> = registered(
+            &mut registry,
             "requests",
             "Requests answered, by route and status class",
-            request_family.clone(),
+            Family::default(),
         );
+        // Resolved once, so counting a request is an atomic add, not a label lookup.
         let requests = ROUTES.map(|route| {
             STATUS_CLASSES
                 .map(|status| request_family.get_or_create_owned(&RequestLabels { route, status }))
         });
-
-        let token_mints = Counter::default();
-        registry.register("token_mints", "Stream tokens signed", token_mints.clone());
-        let token_reuses = Counter::default();
-        registry.register(
-            "token_reuses",
-            "Stream tokens handed out again from the cache",
-            token_reuses.clone(),
-        );
-        let verification_failures = Family::default();
-        registry.register(
-            "verification_failures",
-            "Session tokens refused, by reason",
-            verification_failures.clone(),
-        );
-        let rate_limited = Family::default();
-        registry.register(
-            "rate_limited",
-            "Requests refused by a rate limit",
-            rate_limited.clone(),
-        );
-        let jwks_fetches = Family::default();
-        registry.register(
-            "jwks_fetches",
-            "JWKS fetches, by outcome",
-            jwks_fetches.clone(),
-        );
-        let jwks_age = Gauge::<f64, AtomicU64>::default();
-        registry.register(
-            "jwks_age_seconds",
-            "Age of the verification key set in force",
-            jwks_age.clone(),
-        );
-        let jwks_keys = Gauge::default();
-        registry.register("jwks_keys", "Verification keys in force", jwks_keys.clone());
-        let upstream_duration = Histogram::new([
-            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-        ]);
-        // The unit is in the name rather than registered: some OpenMetrics parsers refuse units
-        // on histograms.
-        registry.register(
-            "upstream_duration_seconds",
-            "Time until the upstream's response headers",
-            upstream_duration.clone(),
-        );
-        let upstream_errors = Family::default();
-        registry.register(
-            "upstream_errors",
-            "Forwarded requests that failed at the upstream, by kind",
-            upstream_errors.clone(),
-        );
-        let open_connections = Gauge::default();
-        registry.register(
-            "open_connections",
-            "Client connections open now",
-            open_connections.clone(),
-        );
-        let open_tunnels = Gauge::default();
-        registry.register(
-            "open_tunnels",
-            "WebSocket tunnels open now (each also an open connection)",
-            open_tunnels.clone(),
-        );
-        let connection_closes = Family::default();
-        registry.register(
-            "connection_closes",
-            "Client connections the proxy closed or refused to bound its resources, by reason",
-            connection_closes.clone(),
-        );
-        let tls_handshake_failures = Counter::default();
-        registry.register(
-            "tls_handshake_failures",
-            "TLS handshakes that failed or timed out",
-            tls_handshake_failures.clone(),
-        );
-        let certificate_expiry = Gauge::default();
-        registry.register(
-            "certificate_expiry_timestamp_seconds",
-            "notAfter of the served TLS certificate, as unix time",
-            certificate_expiry.clone(),
-        );
-        let reloads = Family::default();
-        registry.register(
-            "reloads",
-            "Certificate and secret reloads, by what and outcome",
-            reloads.clone(),
-        );
-        let limiter_keys = Family::default();
-        registry.register(
-            "limiter_keys",
-            "Keys held by each rate limiter",
-            limiter_keys.clone(),
-        );
-
         Self {
-            registry,
             requests,
-            token_mints,
-            token_reuses,
-            verification_failures,
-            rate_limited,
-            jwks_fetches,
-            jwks_age,
-            jwks_keys,
-            upstream_duration,
-            upstream_errors,
-            open_connections,
-            open_tunnels,
-            connection_closes,
-            tls_handshake_failures,
-            certificate_expiry,
-            reloads,
-            limiter_keys,
+            token_mints: registered(
+                &mut registry,
+                "token_mints",
+                "Stream tokens signed",
+                Default::default(),
+            ),
+            token_reuses: registered(
+                &mut registry,
+                "token_reuses",
+                "Stream tokens handed out again from the cache",
+                Default::default(),
+            ),
+            verification_failures: registered(
+                &mut registry,
+                "verification_failures",
+                "Session tokens refused, by reason",
+                Default::default(),
+            ),
+            rate_limited: registered(
+                &mut registry,
+                "rate_limited",
+                "Requests refused by a rate limit",
+                Default::default(),
+            ),
+            jwks_fetches: registered(
+                &mut registry,
+                "jwks_fetches",
+                "JWKS fetches, by outcome",
+                Default::default(),
+            ),
+            jwks_age: registered(
+                &mut registry,
+                "jwks_age_seconds",
+                "Age of the verification key set in force",
+                Default::default(),
+            ),
+            jwks_keys: registered(
+                &mut registry,
+                "jwks_keys",
+                "Verification keys in force",
+                Default::default(),
+            ),
+            // The unit is in the name rather than registered: some OpenMetrics parsers refuse
+            // units on histograms.
+            upstream_duration: registered(
+                &mut registry,
+                "upstream_duration_seconds",
+                "Time until the upstream's response headers",
+                Histogram::new(UPSTREAM_BUCKETS),
+            ),
+            upstream_errors: registered(
+                &mut registry,
+                "upstream_errors",
+                "Forwarded requests that failed at the upstream, by kind",
+                Default::default(),
+            ),
+            open_connections: registered(
+                &mut registry,
+                "open_connections",
+                "Client connections open now",
+                Default::default(),
+            ),
+            open_tunnels: registered(
+                &mut registry,
+                "open_tunnels",
+                "WebSocket tunnels open now (each also an open connection)",
+                Default::default(),
+            ),
+            connection_closes: registered(
+                &mut registry,
+                "connection_closes",
+                "Client connections the proxy closed or refused to bound its resources, by reason",
+                Default::default(),
+            ),
+            tls_handshake_failures: registered(
+                &mut registry,
+                "tls_handshake_failures",
+                "TLS handshakes that failed or timed out",
+                Default::default(),
+            ),
+            certificate_expiry: registered(
+                &mut registry,
+                "certificate_expiry_timestamp_seconds",
+                "notAfter of the served TLS certificate, as unix time",
+                Default::default(),
+            ),
+            reloads: registered(
+                &mut registry,
+                "reloads",
+                "Certificate and secret reloads, by what and outcome",
+                Default::default(),
+            ),
+            limiter_keys: registered(
+                &mut registry,
+                "limiter_keys",
+                "Keys held by each rate limiter",
+                Default::default(),
+            ),
+            registry,
         }
     }
 

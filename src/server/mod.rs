@@ -78,31 +78,8 @@ pub async fn run(
     };
     // Connections and the tunnels they become hold a token: the drain waits for all of them.
     let drain = TaskTracker::new();
-    // At the connection cap we stop accepting, and new clients wait in the kernel's listen
-    // backlog instead of taking the proxy down.
-    loop {
-        let permit = tokio::select! {
-            biased;
-            _ = shutdown.wait_for(|stop| *stop) => break,
-            permit = admission.slots.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break, // the semaphore is never closed
-            },
-        };
-        let accepted = tokio::select! {
-            biased;
-            _ = shutdown.wait_for(|stop| *stop) => break,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(pair) => pair,
-            Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    while let Some((permit, stream, peer)) = next_client(&listener, &admission, &mut shutdown).await
+    {
         let Some(slot) = admit(permit, &admission, peer, &drain, &metrics) else {
             continue; // dropped: the client sees the connection closed
         };
@@ -116,9 +93,43 @@ pub async fn run(
         };
         tokio::spawn(connection.serve(stream, tls, app, builder));
     }
-
     drop(listener);
-    let grace = settings.shutdown_grace.0;
+    drain_connections(drain, &admission, settings.shutdown_grace.0).await;
+}
+
+/// The next client, with a connection slot for it; `None` once shutdown begins. At the
+/// connection cap we stop accepting, and new clients wait in the kernel's listen backlog
+/// instead of taking the proxy down.
+async fn next_client(
+    listener: &TcpListener,
+    admission: &Admission,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<(OwnedSemaphorePermit, TcpStream, SocketAddr)> {
+    loop {
+        let permit = tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|stop| *stop) => return None,
+            permit = admission.slots.clone().acquire_owned() => permit.ok()?, // never closed
+        };
+        let accepted = tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|stop| *stop) => return None,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => return Some((permit, stream, peer)),
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// After the listener closed: waits for this worker's connections (and tunnels) to end, for
+/// at most `grace`.
+async fn drain_connections(drain: TaskTracker, admission: &Admission, grace: Duration) {
     debug!(open = drain.len(), "worker closed its listener");
     // Only once every worker's socket is closed is the port really closed to new clients.
     if admission.listening.fetch_sub(1, Ordering::AcqRel) == 1 {
