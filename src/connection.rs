@@ -30,7 +30,7 @@ pub struct ClientConn {
     pub tls: bool,
 }
 
-pub struct ConnectionSlot {
+pub(crate) struct ConnectionSlot {
     _permit: OwnedSemaphorePermit,
     _per_ip: PerIpGuard,
     /// The worker's drain waits until every token is dropped.
@@ -47,7 +47,7 @@ pub struct ConnectionSlot {
 
 /// Whether a connection has been quiet for too long, and how.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Idleness {
+pub(crate) enum Idleness {
     /// A request is in flight, or the connection has not been quiet that long yet.
     Busy,
     /// No request arrived within the first-request timeout.
@@ -57,7 +57,7 @@ pub enum Idleness {
 }
 
 impl ConnectionSlot {
-    pub fn new(
+    pub(crate) fn new(
         permit: OwnedSemaphorePermit,
         per_ip: PerIpGuard,
         drain: TaskTrackerToken,
@@ -79,7 +79,7 @@ impl ConnectionSlot {
 
     /// A request arrived; it is in flight until the returned guard is dropped (with the
     /// response body, see [`TrackedBody`]).
-    pub fn request_started(self: &Arc<Self>, version: http::Version) -> InFlight {
+    pub(crate) fn request_started(self: &Arc<Self>, version: http::Version) -> InFlight {
         self.requested.store(true, Ordering::Relaxed);
         if version == http::Version::HTTP_2 {
             self.http2.store(true, Ordering::Relaxed);
@@ -90,12 +90,12 @@ impl ConnectionSlot {
 
     /// The connection became a WebSocket tunnel: it stays open (and counted) until the
     /// returned guard is dropped.
-    pub fn tunnel(self: Arc<Self>) -> Tunnel {
+    pub(crate) fn tunnel(self: Arc<Self>) -> Tunnel {
         self.metrics.open_tunnels.inc();
         Tunnel(self)
     }
 
-    pub fn metrics(&self) -> &Arc<Metrics> {
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
 
@@ -104,7 +104,7 @@ impl ConnectionSlot {
     /// connection that has made a request is closed by hyper's `header_read_timeout` while it
     /// waits for the next head (and an idle timer per connection costs every request ~300
     /// instructions in the timer wheel, bench/callgrind.sh).
-    pub fn idleness(
+    pub(crate) fn idleness(
         &self,
         first_request: Duration,
         idle: Duration,
@@ -152,7 +152,7 @@ impl Drop for ConnectionSlot {
 }
 
 /// A request in flight on its connection.
-pub struct InFlight(Arc<ConnectionSlot>);
+pub(crate) struct InFlight(Arc<ConnectionSlot>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -161,11 +161,11 @@ impl Drop for InFlight {
 }
 
 /// A WebSocket tunnel's hold on its connection's slot.
-pub struct Tunnel(Arc<ConnectionSlot>);
+pub(crate) struct Tunnel(Arc<ConnectionSlot>);
 
 impl Tunnel {
     /// The tunnel is being closed for silence (`upstream.tunnel_idle_timeout`).
-    pub fn closing_idle(&self) {
+    pub(crate) fn closing_idle(&self) {
         self.0.metrics.connection_closed("tunnel_idle");
     }
 }
@@ -178,7 +178,7 @@ impl Drop for Tunnel {
 
 pin_project_lite::pin_project! {
     /// A response body that keeps its request in flight until it is finished or dropped.
-    pub struct TrackedBody<B> {
+    pub(crate) struct TrackedBody<B> {
         #[pin]
         inner: B,
         in_flight: InFlight,
@@ -186,7 +186,7 @@ pin_project_lite::pin_project! {
 }
 
 impl<B> TrackedBody<B> {
-    pub fn new(inner: B, in_flight: InFlight) -> Self {
+    pub(crate) fn new(inner: B, in_flight: InFlight) -> Self {
         Self { inner, in_flight }
     }
 }
@@ -213,7 +213,7 @@ impl<B: Body> Body for TrackedBody<B> {
 
 /// Open connections per client address (`server.max_connections_per_ip`), across workers.
 /// IPv6 clients count by /64: one host usually holds a whole /64.
-pub struct PerIpConnections {
+pub(crate) struct PerIpConnections {
     cap: usize,
     open: Mutex<HashMap<IpKey, usize>>,
 }
@@ -234,11 +234,11 @@ impl IpKey {
 }
 
 /// One connection's count under its address; gives it back when dropped.
-pub struct PerIpGuard(Option<(Arc<PerIpConnections>, IpKey)>);
+pub(crate) struct PerIpGuard(Option<(Arc<PerIpConnections>, IpKey)>);
 
 impl PerIpConnections {
     /// `cap` connections per address at most; 0 = no limit.
-    pub fn new(cap: usize) -> Self {
+    pub(crate) fn new(cap: usize) -> Self {
         Self {
             cap,
             open: Mutex::new(HashMap::new()),
@@ -246,7 +246,7 @@ impl PerIpConnections {
     }
 
     /// Counts a new connection from `ip`, or `None` when that address is at its cap.
-    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<PerIpGuard> {
+    pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<PerIpGuard> {
         if self.cap == 0 {
             return Some(PerIpGuard(None));
         }

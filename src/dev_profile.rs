@@ -35,7 +35,7 @@ pub enum DevProfileError {
 
 /// Dev profile only: makes sure the dev certificate, signing key and Stream secret exist
 /// (generating what is missing) and puts the secret into `config`.
-pub fn prepare(config: &mut Config) -> Result<(), DevProfileError> {
+pub(crate) fn prepare(config: &mut Config) -> Result<(), DevProfileError> {
     if config.tls.enabled {
         let (cert, key) = config.tls_paths();
         if ensure_dev_certificate(&cert, &key)? {
@@ -124,11 +124,11 @@ pub fn dev_token(config: &Config, sub: &str, ttl_secs: u64) -> Result<String, De
 }
 
 /// The dev signing key: its private half signs dev tokens, its public half verifies them.
-pub struct DevSigner {
+pub(crate) struct DevSigner {
     encoding: EncodingKey,
     public_pem: String,
     /// Derived from the public key, so it changes when the key does.
-    pub kid: String,
+    pub(crate) kid: String,
 }
 
 impl std::fmt::Debug for DevSigner {
@@ -140,7 +140,7 @@ impl std::fmt::Debug for DevSigner {
 }
 
 /// Creates the RSA-2048 dev key at `path` if it does not exist. Returns `true` if it did.
-pub fn ensure_dev_signing_key(path: &Path) -> Result<bool, DevProfileError> {
+pub(crate) fn ensure_dev_signing_key(path: &Path) -> Result<bool, DevProfileError> {
     if path.exists() {
         return Ok(false);
     }
@@ -164,7 +164,7 @@ pub fn ensure_dev_signing_key(path: &Path) -> Result<bool, DevProfileError> {
 }
 
 impl DevSigner {
-    pub fn load(path: &Path) -> Result<Self, DevProfileError> {
+    pub(crate) fn load(path: &Path) -> Result<Self, DevProfileError> {
         let fail = |message: String| DevProfileError::Load {
             what: "dev signing key",
             path: path.display().to_string(),
@@ -186,7 +186,7 @@ impl DevSigner {
     }
 
     /// The key store that trusts this key (and nothing else).
-    pub fn key_store(
+    pub(crate) fn key_store(
         &self,
         metrics: std::sync::Arc<crate::metrics::Metrics>,
     ) -> Result<KeyStore, DevProfileError> {
@@ -199,7 +199,7 @@ impl DevSigner {
 
     /// A Clerk-shaped session token (version-2 claims): RS256 with `kid` and `typ: JWT`;
     /// `iss`, `sub`, `sid`, `sts: active`, `azp`, `iat`, `nbf`, `exp`, `v: 2`.
-    pub fn session_token(
+    pub(crate) fn session_token(
         &self,
         claims: &DevClaims<'_>,
     ) -> Result<String, jsonwebtoken::errors::Error> {
@@ -222,11 +222,11 @@ impl DevSigner {
 }
 
 /// What a dev token says.
-pub struct DevClaims<'a> {
-    pub issuer: &'a str,
-    pub sub: &'a str,
-    pub azp: Option<&'a str>,
-    pub ttl_secs: u64,
+pub(crate) struct DevClaims<'a> {
+    pub(crate) issuer: &'a str,
+    pub(crate) sub: &'a str,
+    pub(crate) azp: Option<&'a str>,
+    pub(crate) ttl_secs: u64,
 }
 
 #[derive(Serialize)]
@@ -256,7 +256,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// A random secret for the dev profile's Stream signing (base64url, 256 bits).
-pub fn random_secret() -> Result<String, DevProfileError> {
+pub(crate) fn random_secret() -> Result<String, DevProfileError> {
     let mut bytes = [0u8; 32];
     random_bytes(&mut bytes).map_err(|_| DevProfileError::Generate {
         what: "dev Stream secret",
@@ -313,7 +313,7 @@ pub fn ensure_dev_certificate(cert_path: &Path, key_path: &Path) -> Result<bool,
 /// `path` exists. The contents are written to a temporary file first and published whole (a
 /// hard link), so a process that finds `path`, e.g. `dev-token` started while the proxy is
 /// generating its dev key, never reads half a key.
-pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());

@@ -15,11 +15,11 @@ use http::{Response, StatusCode};
 use crate::auth::AuthError;
 use crate::limits::Limited;
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Who caused a failure; a label for logs and metrics (after Pingora's error sources).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fault {
+pub(crate) enum Fault {
     /// The client sent something we refuse.
     Client,
     /// The upstream Node server failed or was too slow.
@@ -29,7 +29,7 @@ pub enum Fault {
 }
 
 impl Fault {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Client => "client",
             Self::Upstream => "upstream",
@@ -75,7 +75,7 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             Self::UpstreamConnect(_) | Self::UpstreamProtocol(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -97,7 +97,7 @@ impl ProxyError {
     }
 
     /// Stable machine-readable code, the `error` field of the JSON body.
-    pub fn code(&self) -> &'static str {
+    pub(crate) fn code(&self) -> &'static str {
         match self {
             Self::UpstreamConnect(_) => "upstream_unavailable",
             Self::UpstreamTimeout(_) => "upstream_timeout",
@@ -140,7 +140,7 @@ impl ProxyError {
         }
     }
 
-    pub fn fault(&self) -> Fault {
+    pub(crate) fn fault(&self) -> Fault {
         match self {
             Self::UpstreamConnect(_) | Self::UpstreamTimeout(_) | Self::UpstreamProtocol(_) => {
                 Fault::Upstream
@@ -150,7 +150,7 @@ impl ProxyError {
         }
     }
 
-    pub fn to_response(&self) -> Response<Bytes> {
+    pub(crate) fn to_response(&self) -> Response<Bytes> {
         let mut response = json_response(self.status(), self.code(), self.public_message());
         let headers = response.headers_mut();
         match self {
@@ -234,7 +234,7 @@ fn www_authenticate(e: &AuthError) -> HeaderValue {
 }
 
 /// `{"error": code, "message": message}` with `no-store`, the shape of every error we send.
-pub fn json_response(status: StatusCode, code: &str, message: &str) -> Response<Bytes> {
+pub(crate) fn json_response(status: StatusCode, code: &str, message: &str) -> Response<Bytes> {
     let body = serde_json::json!({ "error": code, "message": message }).to_string();
     let mut response = Response::new(Bytes::from(body));
     *response.status_mut() = status;

@@ -6,7 +6,7 @@
 use std::net::IpAddr;
 
 /// Writes `ip` as `Display` would (IPv6 through `Display`: rare behind the proxy).
-pub fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+pub(crate) fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
             for (i, octet) in v4.octets().into_iter().enumerate() {
@@ -27,7 +27,7 @@ pub fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
 }
 
 /// Writes `n` in lower-case hex without leading zeros, as `{n:x}` would.
-pub fn push_hex(out: &mut Vec<u8>, n: u64) {
+pub(crate) fn push_hex(out: &mut Vec<u8>, n: u64) {
     let digits = (u64::BITS - n.leading_zeros()).div_ceil(4).max(1);
     for shift in (0..digits).rev() {
         out.push(b"0123456789abcdef"[(n >> (shift * 4)) as usize & 0xf]);

@@ -45,30 +45,30 @@ struct ReloadLabels {
 }
 
 /// Routes we count requests for, in the order of [`Metrics::requests`].
-pub const ROUTES: [&str; 2] = ["token", "forward"];
+pub(crate) const ROUTES: [&str; 2] = ["token", "forward"];
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 pub struct Metrics {
     registry: Registry,
     /// `[route][status class]`.
     requests: [[Counter; 5]; 2],
-    pub token_mints: Counter,
-    pub token_reuses: Counter,
+    pub(crate) token_mints: Counter,
+    pub(crate) token_reuses: Counter,
     verification_failures: Family<ReasonLabel, Counter>,
     rate_limited: Family<LimiterLabel, Counter>,
     jwks_fetches: Family<OutcomeLabel, Counter>,
     /// Seconds since the key set in force was fetched (set when scraped).
-    pub jwks_age: Gauge<f64, AtomicU64>,
-    pub jwks_keys: Gauge,
-    pub upstream_duration: Histogram,
+    pub(crate) jwks_age: Gauge<f64, AtomicU64>,
+    pub(crate) jwks_keys: Gauge,
+    pub(crate) upstream_duration: Histogram,
     upstream_errors: Family<KindLabel, Counter>,
-    pub open_connections: Gauge,
+    pub(crate) open_connections: Gauge,
     /// WebSocket tunnels open now (each also counts in `open_connections`).
-    pub open_tunnels: Gauge,
+    pub(crate) open_tunnels: Gauge,
     connection_closes: Family<ReasonLabel, Counter>,
     pub tls_handshake_failures: Counter,
     /// `notAfter` of the served certificate, unix seconds.
-    pub certificate_expiry: Gauge,
+    pub(crate) certificate_expiry: Gauge,
     reloads: Family<ReloadLabels, Counter>,
     /// Keys held by each rate limiter (set when scraped).
     limiter_keys: Family<LimiterLabel, Gauge>,
@@ -217,7 +217,7 @@ impl Metrics {
     }
 
     /// Counts a finished request. `route` is an index into [`ROUTES`].
-    pub fn request(&self, route: usize, status: http::StatusCode) {
+    pub(crate) fn request(&self, route: usize, status: http::StatusCode) {
         let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
         if let Some(row) = self.requests.get(route) {
             row[class].inc();

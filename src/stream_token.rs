@@ -21,8 +21,8 @@ const HEADER_B64: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9";
 /// A minted token and when it expires.
 #[derive(Clone)]
 pub struct Minted {
-    pub token: Arc<str>,
-    pub expires_at: u64,
+    pub(crate) token: Arc<str>,
+    pub(crate) expires_at: u64,
 }
 
 impl fmt::Debug for Minted {
@@ -36,7 +36,7 @@ impl fmt::Debug for Minted {
 
 pub struct StreamMinter {
     key: ArcSwap<hmac::Key>,
-    pub api_key: Arc<str>,
+    pub(crate) api_key: Arc<str>,
     ttl_secs: u64,
     reuse_margin_secs: u64,
     /// `iat` = now − this (Stream refuses an `iat` ahead of its clock).
@@ -67,7 +67,7 @@ impl StreamMinter {
     }
 
     /// Signs new tokens with `secret` from now on; tokens minted with the old one are dropped.
-    pub fn rotate_secret(&self, secret: &Secret) {
+    pub(crate) fn rotate_secret(&self, secret: &Secret) {
         self.key.store(Arc::new(hmac_key(secret)));
         self.cache.clear();
     }

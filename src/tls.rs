@@ -63,7 +63,7 @@ impl fmt::Debug for CertStore {
 
 impl CertStore {
     /// Loads the pair; fails with a sentence naming the file when anything is wrong.
-    pub fn load(cert_path: &Path, key_path: &Path) -> Result<Self, TlsError> {
+    pub(crate) fn load(cert_path: &Path, key_path: &Path) -> Result<Self, TlsError> {
         let key = load_certified_key(cert_path, key_path)?;
         warn_if_others_can_read(key_path);
         Ok(Self {
@@ -74,26 +74,26 @@ impl CertStore {
     }
 
     /// Reads the files again and swaps the pair in; on error the old pair stays.
-    pub fn reload(&self) -> Result<(), TlsError> {
+    pub(crate) fn reload(&self) -> Result<(), TlsError> {
         let key = load_certified_key(&self.cert_path, &self.key_path)?;
         self.current.store(Arc::new(key));
         Ok(())
     }
 
     /// The leaf certificate now served (DER).
-    pub fn leaf(&self) -> CertificateDer<'static> {
+    pub(crate) fn leaf(&self) -> CertificateDer<'static> {
         self.current.load().cert[0].clone()
     }
 
     /// `notAfter` of the leaf now served, as unix seconds.
-    pub fn not_after(&self) -> Option<i64> {
+    pub(crate) fn not_after(&self) -> Option<i64> {
         let leaf = self.leaf();
         let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
         Some(cert.validity().not_after.timestamp())
     }
 
     /// The files this store loads from.
-    pub fn paths(&self) -> (&Path, &Path) {
+    pub(crate) fn paths(&self) -> (&Path, &Path) {
         (&self.cert_path, &self.key_path)
     }
 }
@@ -105,7 +105,7 @@ impl ResolvesServerCert for CertStore {
 }
 
 /// rustls server configuration: TLS 1.2 and 1.3 only, ALPN `h2` and `http/1.1`.
-pub fn server_config(store: Arc<CertStore>) -> Result<rustls::ServerConfig, TlsError> {
+pub(crate) fn server_config(store: Arc<CertStore>) -> Result<rustls::ServerConfig, TlsError> {
     let mut config = rustls::ServerConfig::builder_with_provider(crate::crypto::tls_provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()

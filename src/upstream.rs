@@ -65,7 +65,7 @@ const MAX_STALE_CHECKOUTS: usize = 3;
 
 /// Why a request got no response from the upstream.
 #[derive(Debug, thiserror::Error)]
-pub enum SendError {
+pub(crate) enum SendError {
     /// No connection could be opened (refused, unresolvable, `connect_timeout`).
     #[error("{0}")]
     Connect(#[source] io::Error),
@@ -76,7 +76,7 @@ pub enum SendError {
 }
 
 /// The bounds hyper puts on a request body, in one place.
-pub trait RequestBody: Body<Data = Bytes> + Send + Unpin + 'static {}
+pub(crate) trait RequestBody: Body<Data = Bytes> + Send + Unpin + 'static {}
 impl<B> RequestBody for B
 where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
@@ -84,7 +84,7 @@ where
 {
 }
 
-pub struct UpstreamPool<B: RequestBody> {
+pub(crate) struct UpstreamPool<B: RequestBody> {
     inner: Arc<Inner<B>>,
 }
 
@@ -237,7 +237,7 @@ impl<B: RequestBody> UpstreamPool<B>
 where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    pub fn new(config: &UpstreamConfig) -> Self {
+    pub(crate) fn new(config: &UpstreamConfig) -> Self {
         let authority = &config.url.authority;
         let host_port = match authority.port_u16() {
             Some(_) => authority.as_str().to_owned(),
@@ -262,7 +262,7 @@ where
     /// Sends a request without a body (origin-form URI, `Host` set) on a pooled or new
     /// connection driven from the caller's task. The connection returns to the pool when the
     /// response body has been read to its end; dropping the body earlier closes it.
-    pub fn send(
+    pub(crate) fn send(
         &self,
         request: Request<B>,
     ) -> impl Future<Output = Result<Response<PooledBody<B>>, SendError>> + '_ {
@@ -272,7 +272,7 @@ where
 
     /// Sends a request whose body is still streaming in; the connection is driven by a task of
     /// its own, so the upload and the response flow independently.
-    pub fn send_detached(
+    pub(crate) fn send_detached(
         &self,
         request: Request<B>,
     ) -> impl Future<Output = Result<Response<PooledBody<B>>, SendError>> + '_ {
@@ -280,7 +280,7 @@ where
     }
 
     /// Sends an upgrade request (WebSocket); after a `101` the connection belongs to the tunnel.
-    pub fn send_upgrade(
+    pub(crate) fn send_upgrade(
         &self,
         request: Request<B>,
     ) -> impl Future<Output = Result<Response<PooledBody<B>>, SendError>> + '_ {
@@ -438,7 +438,7 @@ struct Lease<B: RequestBody> {
 /// An upstream response body. When its connection is driven from the client's task
 /// ([`UpstreamPool::send`]), reading the body is what moves the connection; the last byte puts
 /// it back in the pool, and dropping the body before then closes it.
-pub struct PooledBody<B: RequestBody> {
+pub(crate) struct PooledBody<B: RequestBody> {
     inner: Incoming,
     lease: Option<Lease<B>>,
 }

@@ -10,7 +10,7 @@ use super::Session;
 /// Which key verified a session: its `kid` (none for a static PEM key) and a SHA-256 of its
 /// JWK or PEM, so a key replaced under the same `kid` counts as removed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyId {
+pub(crate) struct KeyId {
     kid: Option<Arc<str>>,
     digest: [u8; 32],
 }

@@ -34,11 +34,11 @@ const JWKS_USER_AGENT: &str = concat!("stream-token-proxy/", env!("CARGO_PKG_VER
 const MAX_RETIRED_KIDS: usize = 32;
 
 /// One verification key.
-pub struct VerifyKey {
-    pub decoding: DecodingKey,
+pub(crate) struct VerifyKey {
+    pub(crate) decoding: DecodingKey,
     /// The JWK's `alg`, when it names one: a token must then use exactly that algorithm.
-    pub alg: Option<Algorithm>,
-    pub id: KeyId,
+    pub(crate) alg: Option<Algorithm>,
+    pub(crate) id: KeyId,
 }
 
 /// The keys in force.
@@ -50,12 +50,12 @@ pub struct KeySet {
     /// JWKS just said they are gone).
     retired: HashSet<String>,
     /// When this set was fetched (or loaded).
-    pub loaded_at: Instant,
+    pub(crate) loaded_at: Instant,
 }
 
 impl KeySet {
     /// Whether the key `id` names is still in this set, unchanged.
-    pub fn holds(&self, id: &KeyId) -> bool {
+    pub(crate) fn holds(&self, id: &KeyId) -> bool {
         let key = match id.kid() {
             Some(kid) => self.by_kid.get(kid),
             None => self.any.as_ref(),
@@ -183,7 +183,7 @@ impl KeyStore {
 
     /// Keys from a JWKS URL; none until [`KeyStore::run_refresh`] fetches them. Every fetch,
     /// an unknown `kid`'s too, is made by that task: spawn it.
-    pub fn from_jwks(
+    pub(crate) fn from_jwks(
         url: Uri,
         config: &AuthConfig,
         metrics: Arc<Metrics>,
@@ -214,7 +214,7 @@ impl KeyStore {
     }
 
     /// Whether the key `id` names is still in force.
-    pub fn holds(&self, id: &KeyId) -> bool {
+    pub(crate) fn holds(&self, id: &KeyId) -> bool {
         self.current.load().as_ref().is_some_and(|s| s.holds(id))
     }
 
@@ -226,13 +226,8 @@ impl KeyStore {
             .is_some_and(|set| !set.is_empty())
     }
 
-    /// The key set now in force.
-    pub fn current(&self) -> Option<Arc<KeySet>> {
-        self.current.load_full()
-    }
-
     /// Sets the key-set gauges (called when metrics are scraped).
-    pub fn export_gauges(&self) {
+    pub(crate) fn export_gauges(&self) {
         let current = self.current.load();
         let (keys, age) = current
             .as_ref()
@@ -244,7 +239,7 @@ impl KeyStore {
     /// The key for a token's `kid`. For a `kid` the set lacks, waits (at most `jwks_timeout`)
     /// for a fetch that can bring it, as `refetch.rs` describes; a `kid` the JWKS has dropped
     /// is refused at once.
-    pub async fn key_for(&self, kid: Option<&str>) -> Result<Arc<VerifyKey>, AuthError> {
+    pub(crate) async fn key_for(&self, kid: Option<&str>) -> Result<Arc<VerifyKey>, AuthError> {
         let set = self.current.load_full().ok_or(AuthError::KeysUnavailable)?;
         if let Some(key) = set.find(kid) {
             return Ok(key);
@@ -278,7 +273,7 @@ impl KeyStore {
     /// sooner when a token names an unknown `kid` (at most once per cool-down). Until the
     /// first success, retries quickly (250 ms doubling to 10 s); after a failure with keys in
     /// hand, the old keys stay in use. Returns at once for a static key.
-    pub async fn run_refresh(self: Arc<Self>) {
+    pub(crate) async fn run_refresh(self: Arc<Self>) {
         let Some(source) = &self.jwks else { return };
         let mut backoff = Duration::from_millis(250);
         loop {

@@ -14,7 +14,7 @@
 //!    `azp`.
 
 mod cache;
-pub mod keys;
+pub(crate) mod keys;
 mod refetch;
 mod session_rules;
 
@@ -205,12 +205,8 @@ impl Verifier {
         }
     }
 
-    pub fn keys(&self) -> &Arc<KeyStore> {
-        &self.keys
-    }
-
     /// Verifies `token` now.
-    pub async fn verify(&self, token: &str) -> Result<Session, AuthError> {
+    pub(crate) async fn verify(&self, token: &str) -> Result<Session, AuthError> {
         self.verify_at(token, unix_now()).await
     }
 

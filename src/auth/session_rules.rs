@@ -13,10 +13,10 @@ use super::AuthError;
 
 /// Clerk's `cat` (token category) for session tokens. Handshake tokens carry it too; they
 /// name no session, so the `sid` rule refuses them.
-pub const CATEGORY_SESSION: &str = "cl_B7d4PD111AAA";
+pub(crate) const CATEGORY_SESSION: &str = "cl_B7d4PD111AAA";
 /// The category instances with "ignore JWT category" stamp on every kind of token: it says
 /// nothing about the kind, so the other rules decide.
-pub const CATEGORY_IGNORE: &str = "cl_I7d4PD111III";
+pub(crate) const CATEGORY_IGNORE: &str = "cl_I7d4PD111III";
 /// Clerk machine ids, the `sub` of M2M tokens.
 const MACHINE_ID_PREFIX: &str = "mch_";
 

@@ -9,10 +9,10 @@
 mod checks;
 mod headers;
 mod progress;
-pub mod tunnel;
+pub(crate) mod tunnel;
 
 pub use headers::{prepare_request_headers, strip_hop_by_hop};
-pub use progress::ProgressBody;
+pub(crate) use progress::ProgressBody;
 
 use checks::{refuse_unforwardable, requested_upgrade};
 use progress::Progress;
@@ -35,19 +35,19 @@ use crate::error::ProxyError;
 use crate::upstream::{PooledBody, SendError, UpstreamPool};
 
 /// The request body sent upstream: the client's streamed body, or none.
-pub type UpstreamBody = Either<ProgressBody, Empty<Bytes>>;
+pub(crate) type UpstreamBody = Either<ProgressBody, Empty<Bytes>>;
 
 /// The upstream's response body, streamed back to the client.
-pub type UpstreamResponseBody = PooledBody<UpstreamBody>;
+pub(crate) type UpstreamResponseBody = PooledBody<UpstreamBody>;
 
 /// What a forwarded request came back with, for the access log.
-pub struct Forwarded {
-    pub response: Response<UpstreamResponseBody>,
+pub(crate) struct Forwarded {
+    pub(crate) response: Response<UpstreamResponseBody>,
     /// Time until the upstream's response headers arrived.
-    pub upstream_time: Duration,
+    pub(crate) upstream_time: Duration,
 }
 
-pub struct Forwarder {
+pub(crate) struct Forwarder {
     pool: UpstreamPool<UpstreamBody>,
     /// The upstream's `host:port`, the `Host` of a request that came without one (HTTP/1.0,
     /// or HTTP/2 without `:authority`).
@@ -61,7 +61,7 @@ pub struct Forwarder {
 
 impl Forwarder {
     /// The pool is this worker's own; call once per worker.
-    pub fn new(upstream: &UpstreamConfig, options: &ForwardingConfig) -> Self {
+    pub(crate) fn new(upstream: &UpstreamConfig, options: &ForwardingConfig) -> Self {
         let authority: &Authority = &upstream.url.authority;
         Self {
             // A pooled connection found closed before the request was written is retried by
@@ -79,7 +79,7 @@ impl Forwarder {
     /// Sends `request` upstream and returns the upstream's response with hop-by-hop headers
     /// removed. Upgrades (101) are tunnelled in a spawned task once both sides switch; the
     /// tunnel holds the connection's `slot` until it closes.
-    pub async fn forward(
+    pub(crate) async fn forward(
         &self,
         mut request: Request<Incoming>,
         conn: ClientConn,

@@ -45,7 +45,7 @@ impl Progress {
 }
 
 /// The client's request body on its way upstream, recording [`Progress`].
-pub struct ProgressBody {
+pub(crate) struct ProgressBody {
     inner: Incoming,
     progress: Progress,
 }

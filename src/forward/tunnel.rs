@@ -17,7 +17,7 @@ use crate::connection::Tunnel;
 
 /// Runs the tunnel between the upgraded client and upstream connections. Holding `tunnel`
 /// keeps the client connection counted (and its slot taken) for as long as this runs.
-pub async fn run(
+pub(crate) async fn run(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
     tunnel: Tunnel,

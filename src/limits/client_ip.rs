@@ -10,12 +10,12 @@ use ipnet::IpNet;
 use crate::config::CidrNet;
 
 /// `limits.trusted_proxies`, and what they say about the client.
-pub struct ClientIp {
+pub(crate) struct ClientIp {
     trusted: Vec<IpNet>,
 }
 
 impl ClientIp {
-    pub fn new(trusted: &[CidrNet]) -> Self {
+    pub(crate) fn new(trusted: &[CidrNet]) -> Self {
         Self {
             trusted: trusted.iter().map(|c| c.0).collect(),
         }
@@ -23,7 +23,7 @@ impl ClientIp {
 
     /// The peer, or, when the peer is a trusted proxy, the right-most address in
     /// `X-Forwarded-For` that is not itself trusted.
-    pub fn of(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+    pub(crate) fn of(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
         let peer = peer.to_canonical();
         if !self.is_trusted(peer) {
             return peer;
@@ -56,7 +56,7 @@ impl ClientIp {
 
 /// IPv4 addresses count one by one; IPv6 by /64, the block one subscriber usually holds (one
 /// machine can cycle through 2^64 addresses of its own /64).
-pub fn limit_key(ip: IpAddr) -> IpAddr {
+pub(crate) fn limit_key(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V6(v6) => {
             let bits = u128::from(v6) & !((1u128 << 64) - 1);

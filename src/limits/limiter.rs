@@ -24,7 +24,7 @@ type Inner<K, C> = RateLimiter<K, DashMapStateStore<K>, C, StateInformationMiddl
 const SIZE_CHECK_EVERY: u64 = 4096;
 
 /// One keyed limiter.
-pub struct Limiter<K: Hash + Eq + Clone, C: Clock + Clone = DefaultClock> {
+pub(crate) struct Limiter<K: Hash + Eq + Clone, C: Clock + Clone = DefaultClock> {
     name: &'static str,
     quota: Quota,
     clock: C,
@@ -33,12 +33,17 @@ pub struct Limiter<K: Hash + Eq + Clone, C: Clock + Clone = DefaultClock> {
     max_keys: usize,
     checks: AtomicU64,
     /// Times the state was reset for exceeding `max_keys`.
-    pub resets: AtomicU64,
+    pub(crate) resets: AtomicU64,
 }
 
 impl<K: Hash + Eq + Clone, C: Clock + Clone> Limiter<K, C> {
     /// `None` when the limit is switched off (`requests = 0`).
-    pub fn new(name: &'static str, rate: &RateConfig, max_keys: usize, clock: C) -> Option<Self> {
+    pub(crate) fn new(
+        name: &'static str,
+        rate: &RateConfig,
+        max_keys: usize,
+        clock: C,
+    ) -> Option<Self> {
         let requests = NonZeroU32::new(rate.requests)?;
         let burst = NonZeroU32::new(rate.burst().max(1)).unwrap_or(NonZeroU32::MIN);
         let quota = Quota::with_period(rate.period.0 / requests.get())?.allow_burst(burst);
@@ -62,12 +67,8 @@ impl<K: Hash + Eq + Clone, C: Clock + Clone> Limiter<K, C> {
             .with_middleware::<StateInformationMiddleware>()
     }
 
-    pub fn policy(&self) -> Policy {
-        self.policy
-    }
-
     /// Counts one request for `key`. `Ok` carries the cells left in the burst.
-    pub fn check(&self, key: &K, shown: impl FnOnce() -> String) -> Result<u32, Limited> {
+    pub(crate) fn check(&self, key: &K, shown: impl FnOnce() -> String) -> Result<u32, Limited> {
         if self.checks.fetch_add(1, Ordering::Relaxed) % SIZE_CHECK_EVERY == SIZE_CHECK_EVERY - 1
             && self.len() > self.max_keys.saturating_mul(2)
         {
@@ -85,16 +86,12 @@ impl<K: Hash + Eq + Clone, C: Clock + Clone> Limiter<K, C> {
     }
 
     /// Keys held now.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.state.load().len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Drops keys whose bucket is full again, shrinks, and resets if still over `max_keys`.
-    pub fn maintain(&self) {
+    pub(crate) fn maintain(&self) {
         let state = self.state.load();
         state.retain_recent();
         state.shrink_to_fit();

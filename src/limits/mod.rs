@@ -5,8 +5,8 @@
 mod client_ip;
 mod limiter;
 
-pub use client_ip::{ClientIp, limit_key};
-pub use limiter::Limiter;
+pub(crate) use client_ip::{ClientIp, limit_key};
+pub(crate) use limiter::Limiter;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -20,24 +20,24 @@ use crate::config::LimitsConfig;
 /// What a limiter advertises (`RateLimit-Policy`): `requests` per `window_secs`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Policy {
-    pub requests: u32,
-    pub window_secs: u64,
+    pub(crate) requests: u32,
+    pub(crate) window_secs: u64,
 }
 
 /// A request over a limit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limited {
     /// Which limiter (`token_ip`, `token_user`, `token_global`, `forward_ip`).
-    pub limiter: &'static str,
+    pub(crate) limiter: &'static str,
     /// The IP or user id it was counted against (logged, never a token).
-    pub key: String,
-    pub retry_after: Duration,
-    pub policy: Policy,
+    pub(crate) key: String,
+    pub(crate) retry_after: Duration,
+    pub(crate) policy: Policy,
 }
 
 impl Limited {
     /// `Retry-After` in whole seconds, rounded up, at least 1.
-    pub fn retry_after_secs(&self) -> u64 {
+    pub(crate) fn retry_after_secs(&self) -> u64 {
         self.retry_after.as_secs() + u64::from(self.retry_after.subsec_nanos() > 0)
     }
 }
@@ -45,11 +45,11 @@ impl Limited {
 /// The limits in force.
 pub struct Limits {
     client_ip: ClientIp,
-    pub token_ip: Option<Limiter<IpAddr>>,
-    pub token_user: Option<Limiter<Arc<str>>>,
-    pub token_global: Option<Limiter<()>>,
+    pub(crate) token_ip: Option<Limiter<IpAddr>>,
+    pub(crate) token_user: Option<Limiter<Arc<str>>>,
+    pub(crate) token_global: Option<Limiter<()>>,
     /// Per-IP limits on forwarded paths, by path prefix (first match wins).
-    pub forward: Vec<(String, Limiter<IpAddr>)>,
+    pub(crate) forward: Vec<(String, Limiter<IpAddr>)>,
     prune_interval: Duration,
 }
 
@@ -94,7 +94,7 @@ impl Limits {
     }
 
     /// Token route, after verification, before minting.
-    pub fn check_token_user(&self, user: &Arc<str>) -> Result<(), Limited> {
+    pub(crate) fn check_token_user(&self, user: &Arc<str>) -> Result<(), Limited> {
         match &self.token_user {
             Some(limiter) => limiter.check(user, || user.to_string()).map(|_| ()),
             None => Ok(()),
@@ -102,7 +102,7 @@ impl Limits {
     }
 
     /// Forwarded paths under a configured prefix.
-    pub fn check_forward(&self, path: &str, ip: IpAddr) -> Result<(), Limited> {
+    pub(crate) fn check_forward(&self, path: &str, ip: IpAddr) -> Result<(), Limited> {
         match self
             .forward
             .iter()
@@ -113,12 +113,12 @@ impl Limits {
         }
     }
 
-    pub fn has_forward_limits(&self) -> bool {
+    pub(crate) fn has_forward_limits(&self) -> bool {
         !self.forward.is_empty()
     }
 
     /// One maintenance pass over every keyed limiter.
-    pub fn maintain(&self) {
+    pub(crate) fn maintain(&self) {
         if let Some(l) = &self.token_ip {
             l.maintain();
         }
@@ -131,7 +131,7 @@ impl Limits {
     }
 
     /// Runs [`Limits::maintain`] every `limits.prune_interval`, forever.
-    pub async fn run_maintenance(self: Arc<Self>) {
+    pub(crate) async fn run_maintenance(self: Arc<Self>) {
         let mut tick = tokio::time::interval(self.prune_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -13,25 +13,25 @@ use tracing::{Level, info};
 
 /// What the router learned about a request, logged when its response ends.
 #[derive(Debug)]
-pub struct AccessEntry {
-    pub method: Method,
+pub(crate) struct AccessEntry {
+    pub(crate) method: Method,
     /// Path without the query.
-    pub path: String,
-    pub route: &'static str,
-    pub status: StatusCode,
-    pub upstream_time: Option<Duration>,
+    pub(crate) path: String,
+    pub(crate) route: &'static str,
+    pub(crate) status: StatusCode,
+    pub(crate) upstream_time: Option<Duration>,
     /// The `error` code when the proxy answered with an error.
-    pub error: Option<&'static str>,
+    pub(crate) error: Option<&'static str>,
     /// The verified user, on the token route (a user id, never a token).
-    pub user_id: Option<std::sync::Arc<str>>,
+    pub(crate) user_id: Option<std::sync::Arc<str>>,
     /// `X-Request-Id`, taken from the client or generated.
-    pub request_id: Option<http::HeaderValue>,
+    pub(crate) request_id: Option<http::HeaderValue>,
     started: Instant,
 }
 
 impl AccessEntry {
     /// `None` when info-level logging is off for this target, so a silent proxy pays nothing.
-    pub fn start(method: &Method, path: &str, started: Instant) -> Option<Self> {
+    pub(crate) fn start(method: &Method, path: &str, started: Instant) -> Option<Self> {
         tracing::enabled!(target: "access", Level::INFO).then(|| Self {
             method: method.clone(),
             path: path.to_owned(),
@@ -48,7 +48,7 @@ impl AccessEntry {
 
 /// The response body with its access-log entry; logs on drop.
 #[derive(Debug)]
-pub struct LoggedBody<B: Body + Unpin> {
+pub(crate) struct LoggedBody<B: Body + Unpin> {
     inner: B,
     entry: Option<AccessEntry>,
     bytes: u64,
@@ -56,7 +56,7 @@ pub struct LoggedBody<B: Body + Unpin> {
 }
 
 impl<B: Body + Unpin> LoggedBody<B> {
-    pub fn new(inner: B, entry: Option<AccessEntry>) -> Self {
+    pub(crate) fn new(inner: B, entry: Option<AccessEntry>) -> Self {
         let complete = inner.is_end_stream();
         Self {
             inner,

@@ -31,18 +31,18 @@ impl std::fmt::Debug for AdminState {
 }
 
 /// What the admin endpoints look at.
-pub struct AdminState {
-    pub metrics: Arc<Metrics>,
-    pub keys: Arc<KeyStore>,
-    pub limits: Arc<Limits>,
-    pub certs: Option<Arc<CertStore>>,
+pub(crate) struct AdminState {
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) keys: Arc<KeyStore>,
+    pub(crate) limits: Arc<Limits>,
+    pub(crate) certs: Option<Arc<CertStore>>,
     /// `true` once the public listener is bound and until shutdown begins.
-    pub serving: AtomicBool,
+    pub(crate) serving: AtomicBool,
 }
 
 impl AdminState {
     /// Serving from the start: `start` creates it once the listeners are bound.
-    pub fn new(
+    pub(crate) fn new(
         metrics: &Arc<Metrics>,
         keys: &Arc<KeyStore>,
         limits: &Arc<Limits>,
@@ -58,7 +58,7 @@ impl AdminState {
     }
 
     /// `None` when ready, else why not.
-    pub fn not_ready(&self) -> Option<&'static str> {
+    pub(crate) fn not_ready(&self) -> Option<&'static str> {
         if !self.serving.load(Ordering::Relaxed) {
             return Some("the public listener is not serving (starting or shutting down)");
         }
@@ -123,7 +123,7 @@ fn json(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 }
 
 /// Serves the admin endpoints until the task is aborted.
-pub async fn run(listener: TcpListener, state: Arc<AdminState>) {
+pub(crate) async fn run(listener: TcpListener, state: Arc<AdminState>) {
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;

@@ -1,5 +1,5 @@
 //! Operating the proxy: the admin listener, the access log, certificate and secret reloads.
 
-pub mod access_log;
-pub mod admin;
-pub mod reload;
+pub(crate) mod access_log;
+pub(crate) mod admin;
+pub(crate) mod reload;

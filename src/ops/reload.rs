@@ -23,7 +23,7 @@ impl std::fmt::Debug for Reloader {
 /// SHA-256 of a file's contents, `None` when it cannot be read.
 type Fingerprint = Option<[u8; 32]>;
 
-pub struct Reloader {
+pub(crate) struct Reloader {
     certs: Option<Arc<CertStore>>,
     /// The Stream secret file, when the secret came from it (not from `STREAM_API_SECRET`).
     secret_file: Option<PathBuf>,
@@ -34,7 +34,7 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    pub fn new(
+    pub(crate) fn new(
         certs: Option<Arc<CertStore>>,
         secret_file: Option<PathBuf>,
         minter: Arc<StreamMinter>,
@@ -67,7 +67,7 @@ impl Reloader {
     }
 
     /// Reloads whatever changed since the last look; `force` reloads all (SIGHUP).
-    pub fn check(&self, force: bool) {
+    pub(crate) fn check(&self, force: bool) {
         let (cert_now, secret_now) = (self.cert_fingerprint(), self.secret_fingerprint());
         let (cert_changed, secret_changed) = {
             let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
@@ -106,7 +106,7 @@ impl Reloader {
     }
 
     /// Checks for changes every `interval`, forever.
-    pub async fn watch(self: Arc<Self>, interval: Duration) {
+    pub(crate) async fn watch(self: Arc<Self>, interval: Duration) {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;

@@ -12,20 +12,20 @@ use crate::error::BoxError;
 use crate::forward::UpstreamResponseBody;
 
 #[derive(Debug)]
-pub struct ProxyBody(Either<UpstreamResponseBody, Full<Bytes>>);
+pub(crate) struct ProxyBody(Either<UpstreamResponseBody, Full<Bytes>>);
 
 impl ProxyBody {
     /// A body the proxy made (JSON answers, errors).
-    pub fn full(bytes: impl Into<Bytes>) -> Self {
+    pub(crate) fn full(bytes: impl Into<Bytes>) -> Self {
         Self(Either::Right(Full::new(bytes.into())))
     }
 
-    pub fn empty() -> Self {
+    pub(crate) fn empty() -> Self {
         Self::full(Bytes::new())
     }
 
     /// The upstream's body, streamed through.
-    pub fn upstream(body: UpstreamResponseBody) -> Self {
+    pub(crate) fn upstream(body: UpstreamResponseBody) -> Self {
         Self(Either::Left(body))
     }
 }

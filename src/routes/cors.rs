@@ -10,17 +10,17 @@ use crate::error::ProxyError;
 use crate::routes::body::ProxyBody;
 
 /// The methods a preflight is granted.
-pub const ALLOW: &str = "POST, OPTIONS";
+pub(crate) const ALLOW: &str = "POST, OPTIONS";
 
 /// CORS for the token route: exact origins only, no wildcard.
-pub struct Cors {
+pub(crate) struct Cors {
     origins: Vec<HeaderValue>,
     credentials: bool,
     max_age: HeaderValue,
 }
 
 impl Cors {
-    pub fn new(config: &CorsConfig) -> Self {
+    pub(crate) fn new(config: &CorsConfig) -> Self {
         Self {
             origins: config
                 .allowed_origins
@@ -33,7 +33,7 @@ impl Cors {
     }
 
     /// The request's `Origin`, if it is one we allow.
-    pub fn allowed_origin(&self, headers: &HeaderMap) -> Option<HeaderValue> {
+    pub(crate) fn allowed_origin(&self, headers: &HeaderMap) -> Option<HeaderValue> {
         let origin = headers.get(header::ORIGIN)?;
         self.origins
             .iter()
@@ -43,7 +43,7 @@ impl Cors {
 
     /// Answers `OPTIONS`: a preflight from an allowed origin gets the CORS grant; from any other
     /// origin, 403 without CORS headers; without `Origin`, a plain `Allow`.
-    pub fn preflight(&self, headers: &HeaderMap) -> Result<Response<ProxyBody>, ProxyError> {
+    pub(crate) fn preflight(&self, headers: &HeaderMap) -> Result<Response<ProxyBody>, ProxyError> {
         let mut response = Response::new(ProxyBody::empty());
         *response.status_mut() = StatusCode::NO_CONTENT;
         let out = response.headers_mut();
@@ -75,7 +75,7 @@ impl Cors {
 
     /// Adds the CORS grant to a (non-preflight) answer for an allowed origin; `Vary: Origin`
     /// always, since the answer depends on it.
-    pub fn decorate(&self, response: &mut Response<ProxyBody>, origin: Option<HeaderValue>) {
+    pub(crate) fn decorate(&self, response: &mut Response<ProxyBody>, origin: Option<HeaderValue>) {
         let out = response.headers_mut();
         out.append(header::VARY, HeaderValue::from_static("Origin"));
         if let Some(origin) = origin {

@@ -4,11 +4,11 @@
 //! [`ProxyError::to_response`], the only place that happens), counts and logs it, and attaches
 //! the access log.
 
-pub mod body;
+pub(crate) mod body;
 mod cors;
-pub mod path;
+pub(crate) mod path;
 mod request_id;
-pub mod token;
+pub(crate) mod token;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -37,13 +37,13 @@ use crate::stream_token::StreamMinter;
 /// Everything a request may need, shared by all connections.
 /// One per worker thread: the upstream pool is the worker's own (no cross-thread hand-offs on
 /// the forwarding path); everything else is shared.
-pub struct App {
+pub(crate) struct App {
     forwarder: Forwarder,
     shared: Arc<Shared>,
 }
 
 /// What every worker's [`App`] shares.
-pub struct Shared {
+pub(crate) struct Shared {
     token: TokenRoute,
     limits: Arc<Limits>,
     metrics: Arc<Metrics>,
@@ -54,11 +54,11 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn metrics(&self) -> &Arc<Metrics> {
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
 
-    pub fn new(
+    pub(crate) fn new(
         config: &Config,
         keys: &Arc<KeyStore>,
         minter: &Arc<StreamMinter>,
@@ -85,7 +85,7 @@ impl Shared {
 
 impl App {
     /// One worker's app: the shared state and the worker's own upstream pool.
-    pub fn new(shared: &Arc<Shared>) -> Arc<Self> {
+    pub(crate) fn new(shared: &Arc<Shared>) -> Arc<Self> {
         Arc::new(Self {
             forwarder: Forwarder::new(&shared.upstream, &shared.forwarding),
             shared: shared.clone(),
@@ -128,7 +128,7 @@ impl Route {
 impl App {
     /// Answers one request. Never fails: every error is a response (the `Result` is the shape
     /// hyper's service wants).
-    pub async fn handle(
+    pub(crate) async fn handle(
         self: Arc<Self>,
         mut request: Request<Incoming>,
         conn: ClientConn,

@@ -23,7 +23,7 @@ use std::borrow::Cow;
 
 /// A request path, read the ways a Node router could read it.
 #[derive(Debug)]
-pub struct RoutePath<'a> {
+pub(crate) struct RoutePath<'a> {
     /// The canonical form of the whole path.
     whole: Cow<'a, [u8]>,
     /// The canonical forms of the path cut at its first `;`: cut before the dot segments are
@@ -33,7 +33,7 @@ pub struct RoutePath<'a> {
 
 /// Why a path is refused before any route sees it; the log's reason, never the path itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AmbiguousPath;
+pub(crate) struct AmbiguousPath;
 
 impl std::fmt::Display for AmbiguousPath {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -43,7 +43,7 @@ impl std::fmt::Display for AmbiguousPath {
 
 impl<'a> RoutePath<'a> {
     /// Reads `path` (the request's path, without the query) or refuses it (rule 1).
-    pub fn parse(path: &'a str) -> Result<Self, AmbiguousPath> {
+    pub(crate) fn parse(path: &'a str) -> Result<Self, AmbiguousPath> {
         let bytes = path.as_bytes();
         if bytes.len() >= 2 && bytes[0] == b'/' && matches!(bytes[1], b'/' | b'\\') {
             return Err(AmbiguousPath);
@@ -67,7 +67,7 @@ impl<'a> RoutePath<'a> {
     }
 
     /// Whether any reading of the path is exactly `route` (canonical: `/a/b`).
-    pub fn is(&self, route: &str) -> bool {
+    pub(crate) fn is(&self, route: &str) -> bool {
         self.forms()
             .any(|form| form.eq_ignore_ascii_case(route.as_bytes()))
     }

@@ -8,10 +8,10 @@ use http::header::{Entry, HeaderMap, HeaderName, HeaderValue};
 
 use crate::fast_format::push_hex;
 
-pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Request ids: the client's `X-Request-Id` when it is sane, else `<process prefix>-<counter>`.
-pub struct RequestIds {
+pub(crate) struct RequestIds {
     prefix: String,
     next: AtomicU64,
 }
@@ -30,7 +30,7 @@ impl Default for RequestIds {
 
 impl RequestIds {
     /// The id for this request, written into its headers so the upstream sees the same one.
-    pub fn assign(&self, headers: &mut HeaderMap) -> HeaderValue {
+    pub(crate) fn assign(&self, headers: &mut HeaderMap) -> HeaderValue {
         // One hashed lookup whether the client sent an id or not.
         match headers.entry(&X_REQUEST_ID) {
             Entry::Occupied(mut sent) => {

@@ -26,14 +26,14 @@ use crate::routes::path::RoutePath;
 use crate::stream_token::StreamMinter;
 
 /// The route's path. The router also sends every other spelling of it here.
-pub const TOKEN_PATH: &str = "/api/stream/token";
+pub(crate) const TOKEN_PATH: &str = "/api/stream/token";
 
-pub struct TokenRoute {
-    pub verifier: Verifier,
-    pub minter: Arc<StreamMinter>,
-    pub metrics: Arc<Metrics>,
-    pub cors: Cors,
-    pub limits: Arc<Limits>,
+pub(crate) struct TokenRoute {
+    pub(crate) verifier: Verifier,
+    pub(crate) minter: Arc<StreamMinter>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) cors: Cors,
+    pub(crate) limits: Arc<Limits>,
     session_cookie: bool,
     body_limit: usize,
     /// The whole body must arrive within this after the head (`server.header_read_timeout`).
@@ -52,7 +52,7 @@ struct TokenResponse<'a> {
 impl TokenRoute {
     /// The route as `config` sets it up: `[auth]`, `[cors]`, the body's size
     /// (`limits.token_body_bytes`) and time (`server.header_read_timeout`).
-    pub fn new(
+    pub(crate) fn new(
         config: &Config,
         verifier: Verifier,
         minter: Arc<StreamMinter>,
@@ -72,7 +72,7 @@ impl TokenRoute {
     }
 
     /// `client_ip` is the address the per-IP limit counts (see `Limits::client_ip`).
-    pub async fn handle(
+    pub(crate) async fn handle(
         &self,
         request: Request<Incoming>,
         client_ip: IpAddr,

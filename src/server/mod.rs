@@ -40,13 +40,13 @@ const H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
 
 /// What all workers share about accepting connections.
 #[derive(Clone)]
-pub struct Admission {
+pub(crate) struct Admission {
     /// One permit per open connection, across every worker (`server.max_connections`).
-    pub slots: Arc<Semaphore>,
+    pub(crate) slots: Arc<Semaphore>,
     /// Open connections per client address (`server.max_connections_per_ip`).
-    pub per_ip: Arc<PerIpConnections>,
+    pub(crate) per_ip: Arc<PerIpConnections>,
     /// Workers whose listener is still open; the last to close logs that accepting stopped.
-    pub listening: Arc<AtomicUsize>,
+    pub(crate) listening: Arc<AtomicUsize>,
 }
 
 /// The per-connection timeouts.
@@ -61,7 +61,7 @@ struct Timeouts {
 
 /// One worker's accept loop: serves `listener` until `shutdown` flips to `true`, then drains
 /// for `server.shutdown_grace`.
-pub async fn run(
+pub(crate) async fn run(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     app: Arc<App>,
@@ -300,14 +300,14 @@ async fn sleep_for(duration: Option<Duration>) {
 
 /// The bound listeners: one public socket shared by every worker (each holds a duplicate),
 /// and the admin listener when it is enabled.
-pub struct Listeners {
-    pub public: Vec<std::net::TcpListener>,
-    pub local_addr: SocketAddr,
-    pub admin: Option<TcpListener>,
+pub(crate) struct Listeners {
+    pub(crate) public: Vec<std::net::TcpListener>,
+    pub(crate) local_addr: SocketAddr,
+    pub(crate) admin: Option<TcpListener>,
 }
 
 impl Listeners {
-    pub async fn bind(config: &Config) -> Result<Self, StartError> {
+    pub(crate) async fn bind(config: &Config) -> Result<Self, StartError> {
         let addr = config.server.listen;
         let bind_error = |source| StartError::Bind { addr, source };
         let public = bind_shared(addr, config.server.worker_count()).map_err(bind_error)?;
@@ -329,14 +329,14 @@ impl Listeners {
         })
     }
 
-    pub fn admin_addr(&self) -> Option<SocketAddr> {
+    pub(crate) fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 }
 
 /// Starts one worker thread per public listener; each receiver completes when its worker has
 /// drained and stopped.
-pub fn spawn_workers(
+pub(crate) fn spawn_workers(
     config: &Config,
     listeners: Vec<std::net::TcpListener>,
     certs: &Option<Arc<CertStore>>,

@@ -11,19 +11,19 @@ use crate::metrics::Metrics;
 use crate::routes::App;
 use crate::server::Admission;
 
-pub struct Worker {
-    pub listener: std::net::TcpListener,
-    pub acceptor: Option<TlsAcceptor>,
-    pub app: Arc<App>,
-    pub metrics: Arc<Metrics>,
-    pub settings: ServerConfig,
-    pub shutdown: watch::Receiver<bool>,
-    pub admission: Admission,
+pub(crate) struct Worker {
+    pub(crate) listener: std::net::TcpListener,
+    pub(crate) acceptor: Option<TlsAcceptor>,
+    pub(crate) app: Arc<App>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) settings: ServerConfig,
+    pub(crate) shutdown: watch::Receiver<bool>,
+    pub(crate) admission: Admission,
 }
 
 impl Worker {
     /// Starts the thread; the receiver completes when it has drained and stopped.
-    pub fn spawn(self, index: usize) -> std::io::Result<oneshot::Receiver<()>> {
+    pub(crate) fn spawn(self, index: usize) -> std::io::Result<oneshot::Receiver<()>> {
         let (done, finished) = oneshot::channel();
         std::thread::Builder::new()
             .name(format!("stp-worker-{index}"))
