@@ -979,4 +979,81 @@ mod tests {
         assert_eq!(get(&pool).await.unwrap(), "ok");
         assert_eq!(up.accepted.load(Ordering::SeqCst), 2);
     }
+
+    // ---- hyper's behaviour the pool relies on ----
+    //
+    // The pool drives hyper's `http1::Connection` itself instead of spawning it. These tests
+    // use hyper's API directly, without the pool, so a hyper release that changes one of these
+    // behaviours fails here, by name, and not somewhere in the forwarding tests.
+
+    /// A handshake with the test upstream, the connection left to the caller to poll.
+    async fn raw_connection(
+        addr: SocketAddr,
+    ) -> (
+        SendRequest<Full<Bytes>>,
+        http1::Connection<TokioIo<TcpStream>, Full<Bytes>>,
+    ) {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        http1::handshake(TokioIo::new(stream)).await.unwrap()
+    }
+
+    /// Polls `driver` alongside `work` until `work` is done (what `Conn::drive` does).
+    async fn driven<T>(
+        driver: &mut http1::Connection<TokioIo<TcpStream>, Full<Bytes>>,
+        work: impl Future<Output = T>,
+    ) -> T {
+        let mut work = pin!(work);
+        poll_fn(|cx| {
+            let _ = Pin::new(&mut *driver).poll(cx);
+            work.as_mut().poll(cx)
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn hyper_answers_on_a_connection_polled_by_the_caller_and_is_ready_after_the_body() {
+        let up = upstream().await;
+        let (mut sender, mut driver) = raw_connection(up.addr).await;
+        for _ in 0..2 {
+            let asked = sender.try_send_request(request("GET", "/chunked", ""));
+            let response = driven(&mut driver, asked).await.expect("a response head");
+            let body = driven(&mut driver, response.into_body().collect()).await;
+            assert_eq!(body.unwrap().to_bytes(), "ok");
+            // The pool's check-in rule: ready once the body is read and the connection has
+            // been polled again (`Conn::is_reusable`).
+            let _ = poll_fn(|cx| Poll::Ready(Pin::new(&mut driver).poll(cx))).await;
+            assert!(
+                sender.is_ready(),
+                "hyper's SendRequest is ready for the next request"
+            );
+        }
+        assert_eq!(
+            up.accepted.load(Ordering::SeqCst),
+            1,
+            "one connection for both"
+        );
+    }
+
+    #[tokio::test]
+    async fn hyper_gives_back_a_request_it_never_sent_on_a_closed_connection() {
+        let up = upstream().await;
+        let (mut sender, mut driver) = raw_connection(up.addr).await;
+        let asked = sender.try_send_request(request("GET", "/close", ""));
+        let response = driven(&mut driver, asked).await.expect("a response head");
+        let _ = driven(&mut driver, response.into_body().collect()).await;
+        // The upstream closed the socket: the connection ends when polled...
+        let ended = poll_fn(|cx| match Pin::new(&mut driver).poll(cx) {
+            Poll::Ready(result) => Poll::Ready(result.is_ok()),
+            Poll::Pending => Poll::Pending,
+        });
+        tokio::time::timeout(Duration::from_secs(5), ended)
+            .await
+            .expect("the closed connection ends");
+        drop(driver);
+        // ...and a request sent on it now comes back whole (`exchange` resends it elsewhere).
+        let refused = sender.try_send_request(request("GET", "/again", "")).await;
+        let mut error = refused.expect_err("a closed connection takes no request");
+        let unsent = error.take_message().expect("the request comes back unsent");
+        assert_eq!(unsent.uri(), "/again");
+    }
 }
