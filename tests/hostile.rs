@@ -386,29 +386,12 @@ async fn a_malformed_chunked_body_never_completes_at_node() {
         }
     }
     assert_no_failures(failures);
-    let metrics = fetch_metrics(&f.proxy).await;
+    let metrics = common::admin::metrics_text(&f.proxy).await;
     assert!(
         !metrics.contains("upstream_errors_total{"),
         "a client's broken body is not an upstream error:\n{metrics}"
     );
     f.proxy.stop().await;
-}
-
-/// The admin listener's `/metrics` text.
-async fn fetch_metrics(proxy: &TestProxy) -> String {
-    let addr = proxy
-        .handle
-        .as_ref()
-        .unwrap()
-        .admin_addr()
-        .expect("admin on");
-    let tcp = TcpStream::connect(addr).await.expect("admin connect");
-    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-        .await
-        .expect("admin handshake");
-    tokio::spawn(conn);
-    let response = send_h1(&mut send, get("/metrics")).await;
-    String::from_utf8_lossy(&body_bytes(response).await).into_owned()
 }
 
 /// Bare LF as a line end in the head: RFC 9112 §2.2 lets a recipient accept it, and hyper

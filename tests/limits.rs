@@ -1,11 +1,13 @@
 //! Abuse resistance (issue 4): rate limits, client IPs behind trusted proxies, and the
-//! connection and request bounds, against the real proxy and Node upstream.
+//! connection and request bounds, against the real proxy with an in-process upstream (Node adds
+//! nothing to what is tested here).
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use common::clerk::*;
+use common::fake_upstream::FakeUpstream;
 use common::*;
 use http::{Request, StatusCode};
 use stream_token_proxy::config::{CidrNet, PositiveDuration, RateConfig};
@@ -15,11 +17,9 @@ fn rate(requests: u32, period: Duration, burst: u32) -> RateConfig {
     RateConfig::new(requests, PositiveDuration(period), burst)
 }
 
+/// The token route, maybe with a token, maybe with an `X-Forwarded-For`.
 fn token_post(token: Option<&str>, forwarded_for: Option<&str>) -> Request<TestBody> {
-    let mut builder = Request::post("/api/stream/token").header("host", "localhost");
-    if let Some(token) = token {
-        builder = builder.header("authorization", format!("Bearer {token}"));
-    }
+    let mut builder = token_request(token);
     if let Some(xff) = forwarded_for {
         builder = builder.header("x-forwarded-for", xff);
     }
@@ -27,14 +27,14 @@ fn token_post(token: Option<&str>, forwarded_for: Option<&str>) -> Request<TestB
 }
 
 struct Setup {
-    _upstream: NodeUpstream,
+    _upstream: FakeUpstream,
     key: ClerkKey,
     proxy: TestProxy,
 }
 
 /// A proxy trusting a static PEM key (no JWKS needed), with `tweak` applied.
 async fn setup(tweak: impl FnOnce(&mut stream_token_proxy::Config)) -> Setup {
-    let upstream = NodeUpstream::start();
+    let upstream = FakeUpstream::start().await;
     let key = ClerkKey::generate("ins_limits");
     let pem = key.public_pem.clone();
     let proxy = TestProxy::start(&upstream.url(), |c| {

@@ -4,85 +4,14 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
+use common::admin::*;
 use common::clerk::*;
 use common::*;
 use http::{Request, StatusCode};
-use openmetrics_parser::{MetricsExposition, OpenMetricsType, OpenMetricsValue};
 use serde_json::json;
 use stream_token_proxy::config::PositiveDuration;
-
-type Exposition = MetricsExposition<OpenMetricsType, OpenMetricsValue>;
-
-/// GET over plain HTTP/1.1 to the admin listener: (status, content-type, body).
-async fn admin_get(addr: SocketAddr, path: &str) -> (StatusCode, String, String) {
-    let tcp = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("admin listener");
-    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let request = Request::get(path)
-        .header("host", "admin")
-        .body(empty())
-        .unwrap();
-    let response = tokio::time::timeout(STEP, send.send_request(request))
-        .await
-        .unwrap()
-        .unwrap();
-    let status = response.status();
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    let body = String::from_utf8(body_bytes(response).await.to_vec()).unwrap();
-    (status, content_type, body)
-}
-
-async fn scrape(addr: SocketAddr) -> Exposition {
-    let (status, content_type, body) = admin_get(addr, "/metrics").await;
-    assert_eq!(status, StatusCode::OK);
-    assert!(
-        content_type.starts_with("application/openmetrics-text"),
-        "{content_type}"
-    );
-    openmetrics_parser::openmetrics::parse_openmetrics(&body)
-        .unwrap_or_else(|e| panic!("/metrics does not parse as OpenMetrics: {e:?}\n{body}"))
-}
-
-/// The value of one sample (counters and gauges; histograms give their count).
-fn value(metrics: &Exposition, family: &str, labels: &[(&str, &str)]) -> f64 {
-    let Some(family) = metrics.families.get(family) else {
-        return 0.0;
-    };
-    family
-        .iter_samples()
-        .find(|sample| {
-            let set = sample.get_labelset().unwrap();
-            labels
-                .iter()
-                .all(|(k, v)| set.get_label_value(k) == Some(*v))
-        })
-        .map(|sample| match &sample.value {
-            OpenMetricsValue::Counter(c) => c.value.as_f64(),
-            OpenMetricsValue::Gauge(g) => g.as_f64(),
-            OpenMetricsValue::Histogram(h) => h.count.unwrap_or(0) as f64,
-            other => panic!("unexpected value {other:?}"),
-        })
-        .unwrap_or(0.0)
-}
-
-fn token_post(token: &str) -> Request<TestBody> {
-    Request::post("/api/stream/token")
-        .header("host", "localhost")
-        .header("authorization", format!("Bearer {token}"))
-        .body(empty())
-        .unwrap()
-}
 
 #[tokio::test]
 async fn readyz_waits_for_keys_and_healthz_always_answers() {
@@ -140,23 +69,20 @@ async fn metrics_parse_and_count_known_traffic_exactly() {
     // 3 token requests for one user: 1 mint, 2 reuses, all 2xx; the 4th is rate limited.
     let token = key.sign(&claims("user_m"));
     for _ in 0..3 {
-        assert_eq!(client.h1(token_post(&token)).await.status(), StatusCode::OK);
+        assert_eq!(client.h1(post(&token)).await.status(), StatusCode::OK);
     }
     assert_eq!(
-        client.h1(token_post(&token)).await.status(),
+        client.h1(post(&token)).await.status(),
         StatusCode::TOO_MANY_REQUESTS
     );
     // 2 refusals: an expired token and a bad signature.
     let expired = key.sign(&claims_with("user_m", &[("exp", json!(now() - 60))]));
     assert_eq!(
-        client.h1(token_post(&expired)).await.status(),
+        client.h1(post(&expired)).await.status(),
         StatusCode::UNAUTHORIZED
     );
     assert_eq!(
-        client
-            .h1(token_post(&tampered_signature(&token)))
-            .await
-            .status(),
+        client.h1(post(&tampered_signature(&token))).await.status(),
         StatusCode::UNAUTHORIZED
     );
     // 2 forwarded 2xx, 1 forwarded 4xx (Node's answer).
@@ -354,7 +280,7 @@ async fn a_changed_secret_file_signs_new_tokens() {
         )
         .is_ok()
     };
-    let first = body_json(client.h1(token_post(&key.sign(&claims("user_s")))).await).await;
+    let first = body_json(client.h1(post(&key.sign(&claims("user_s")))).await).await;
     assert!(verifies_with(
         first["token"].as_str().unwrap(),
         "first-secret"
@@ -364,7 +290,7 @@ async fn a_changed_secret_file_signs_new_tokens() {
     let mut token = String::new();
     for _ in 0..50 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let json = body_json(client.h1(token_post(&key.sign(&claims("user_s")))).await).await;
+        let json = body_json(client.h1(post(&key.sign(&claims("user_s")))).await).await;
         token = json["token"].as_str().unwrap().to_string();
         if verifies_with(&token, "second-secret") {
             break;
@@ -378,7 +304,7 @@ async fn a_changed_secret_file_signs_new_tokens() {
     // An emptied file is refused; the second secret stays.
     std::fs::write(proxy.dir.path().join("stream-secret"), "\n").unwrap();
     tokio::time::sleep(Duration::from_millis(600)).await;
-    let json = body_json(client.h1(token_post(&key.sign(&claims("user_t")))).await).await;
+    let json = body_json(client.h1(post(&key.sign(&claims("user_t")))).await).await;
     assert!(verifies_with(
         json["token"].as_str().unwrap(),
         "second-secret"

@@ -10,7 +10,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::admin::{metric, metric_settles};
 use common::binary::*;
+use common::fake_upstream::FakeUpstream;
 use common::h2raw::*;
 use common::*;
 use tokio::io::AsyncWriteExt;
@@ -135,29 +137,9 @@ async fn http1_clients_that_never_read_cost_a_bounded_amount_of_memory() {
     );
 }
 
-/// Waits (bounded) until a metric of the in-process proxy reads `want`; returns what it read.
-async fn metric_settles(proxy: &TestProxy, line_start: &str, want: f64) -> f64 {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let now = metric(proxy, line_start);
-        if now == want || Instant::now() > deadline {
-            return now;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// A metric's value in the in-process proxy's exposition (0 when absent).
-fn metric(proxy: &TestProxy, line_start: &str) -> f64 {
-    let text = proxy.handle.as_ref().expect("running").metrics().encode();
-    text.lines()
-        .find_map(|l| l.strip_prefix(line_start)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test]
 async fn idle_http2_connections_are_closed_so_they_cannot_lock_others_out() {
-    let upstream = NodeUpstream::start();
+    let upstream = FakeUpstream::start().await;
     let proxy = TestProxy::start(&upstream.url(), |c| {
         c.server.max_connections = 5;
         c.server.idle_timeout = stream_token_proxy::config::PositiveDuration::secs(1);
@@ -282,7 +264,7 @@ async fn a_silent_tunnel_is_closed_after_the_tunnel_idle_timeout() {
 #[tokio::test]
 async fn a_token_route_body_that_never_comes_gets_408_and_a_close() {
     use tokio::io::AsyncReadExt;
-    let upstream = NodeUpstream::start();
+    let upstream = FakeUpstream::start().await;
     let key = clerk::ClerkKey::generate("k1");
     let proxy = TestProxy::start(&upstream.url(), |c| {
         clerk::use_pem(c, &key.public_pem);
@@ -309,7 +291,7 @@ async fn a_token_route_body_that_never_comes_gets_408_and_a_close() {
 
 #[tokio::test]
 async fn connections_past_the_per_ip_cap_are_closed_at_once() {
-    let upstream = NodeUpstream::start();
+    let upstream = FakeUpstream::start().await;
     let proxy = TestProxy::start(&upstream.url(), |c| c.server.max_connections_per_ip = 2).await;
     let client = proxy.client();
     let mut first = client.h1_conn().await;

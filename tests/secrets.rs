@@ -4,12 +4,9 @@
 
 mod common;
 
-use std::io::Read;
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::binary::free_port;
+use common::binary::*;
 use common::*;
 use http::{Request, StatusCode};
 
@@ -17,92 +14,22 @@ const SECRET: &str = "leak-canary-stream-secret-7f3a9c";
 const COOKIE: &str = "leak-canary-cookie-52e1";
 const QUERY: &str = "leak-canary-query-9d0b";
 
-fn binary() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_stream-token-proxy"));
-    clear_overrides(&mut command);
-    command
-}
-
-fn wait_for_port(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "the proxy did not listen on {addr}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 async fn run_and_capture(format: &str) -> (String, Vec<String>) {
     let upstream = NodeUpstream::start();
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = dir.path().join("proxy.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-            dev = true
-            [server]
-            listen = "127.0.0.1:{port}"
-            shutdown_grace = "2s"
-            [tls]
-            cert = "cert.pem"
-            key = "key.pem"
-            [admin]
-            listen = "127.0.0.1:0"
-            [upstream]
-            url = "{}"
-            [auth]
-            dev_signing_key = "dev-signing-key.pem"
-            [stream]
-            api_key = "public-api-key"
-            [log]
-            level = "trace"
-            format = "{format}"
-            "#,
-            upstream.url()
-        ),
-    )
-    .unwrap();
-
-    let token_out = binary()
-        .args([
-            "--config",
-            config.to_str().unwrap(),
-            "dev-token",
-            "--sub",
-            "user_leak",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        token_out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&token_out.stderr)
+    let extra = format!("[log]\nlevel = \"trace\"\nformat = \"{format}\"\n");
+    let env = [("STREAM_API_SECRET", SECRET), ("RUST_LOG", "trace")];
+    let served =
+        Served::start_with(tempfile::tempdir().unwrap(), &upstream.url(), &extra, &env).await;
+    let config = served.dir.path().join("proxy.toml");
+    let config = config.to_str().unwrap();
+    let token_out = run(
+        served.dir.path(),
+        &["--config", config, "dev-token", "--sub", "user_leak"],
+        STEP,
     );
-    let session = String::from_utf8(token_out.stdout)
-        .unwrap()
-        .trim()
-        .to_string();
-
-    let log_path = dir.path().join("proxy.log");
-    let log_file = std::fs::File::create(&log_path).unwrap();
-    let child = binary()
-        .args(["--config", config.to_str().unwrap()])
-        .env("STREAM_API_SECRET", SECRET)
-        .env("RUST_LOG", "trace")
-        .stdin(Stdio::null())
-        .stdout(log_file.try_clone().unwrap())
-        .stderr(log_file)
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let mut child = ChildGuard(child);
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    wait_for_port(addr);
-    let client = TlsClient::new(addr, &dir.path().join("cert.pem"));
+    assert!(token_out.status.success(), "{}", token_out.all());
+    let session = token_out.stdout.trim().to_string();
+    let client = served.client();
 
     let token_request = |authorization: String| {
         Request::post(format!("/api/stream/token?note={QUERY}"))
@@ -146,23 +73,9 @@ async fn run_and_capture(format: &str) -> (String, Vec<String>) {
         assert!(answer.starts_with(b"HTTP/1.1 "), "{target}: {answer:?}");
     }
 
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while child.0.try_wait().unwrap().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "the proxy did not stop after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let mut log = String::new();
-    std::fs::File::open(&log_path)
-        .unwrap()
-        .read_to_string(&mut log)
-        .unwrap();
+    served.signal("-TERM");
+    let (_, lines, stderr) = served.exit().await;
+    let log = lines.join("\n") + "\n" + &stderr;
     let signature = |t: &str| t.rsplit('.').next().unwrap().to_string();
     let secrets = vec![
         SECRET.to_string(),

@@ -129,6 +129,16 @@ impl Served {
 
     /// The same in `dir`, which may hold files the test prepared (a certificate, say).
     pub async fn start_in(dir: tempfile::TempDir, upstream_url: &str, extra: &str) -> Self {
+        Self::start_with(dir, upstream_url, extra, &[]).await
+    }
+
+    /// The same, with environment variables set for the child (overrides, `RUST_LOG`).
+    pub async fn start_with(
+        dir: tempfile::TempDir,
+        upstream_url: &str,
+        extra: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let config = write(
             dir.path(),
@@ -142,9 +152,9 @@ impl Served {
                  [upstream]\nurl = \"{upstream_url}\"\n{extra}"
             ),
         );
-        let mut child = proxy_command(dir.path(), &["--config", &config, "serve"])
-            .spawn()
-            .expect("binary runs");
+        let mut command = proxy_command(dir.path(), &["--config", &config, "serve"]);
+        command.envs(env.iter().copied());
+        let mut child = command.spawn().expect("binary runs");
         let (lines_tx, lines) = tokio::sync::mpsc::unbounded_channel::<String>();
         let stdout = child.stdout.take().unwrap();
         std::thread::spawn(move || {

@@ -1,5 +1,9 @@
-//! Test fixtures: a real Node upstream, the proxy in-process on an ephemeral port, and TLS
-//! clients (HTTP/1.1, HTTP/2, raw bytes) that trust the proxy's generated certificate.
+//! The test toolkit: every helper the test files share, defined once. This file: the real Node
+//! upstream, the proxy in-process on an ephemeral port, and TLS clients (HTTP/1.1, HTTP/2, raw
+//! bytes) that trust the proxy's generated certificate. Beside it: `admin` (the admin listener
+//! and metrics), `binary` (the real binary as a child process), `clerk` (Clerk keys, tokens, a
+//! JWKS server, the token route's fixture), `fake_upstream` (an in-process upstream without
+//! Node), `h2raw` (HTTP/2 frames by hand).
 //!
 //! Everything listens on 127.0.0.1; every child process is killed by its PID on drop; every
 //! wait is bounded.
@@ -26,8 +30,10 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
+pub mod admin;
 pub mod binary;
 pub mod clerk;
+pub mod fake_upstream;
 pub mod h2raw;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -553,6 +559,19 @@ pub async fn send_h2(
     .await
     .expect("h2 response in time")
     .expect("h2 response")
+}
+
+/// A plain-HTTP/1.1 connection to `addr` (a proxy with `tls.enabled = false`, or any upstream).
+pub async fn plain_h1(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<TestBody> {
+    let tcp = tokio::time::timeout(STEP, TcpStream::connect(addr))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .expect("h1 handshake");
+    tokio::spawn(conn);
+    send
 }
 
 /// `method path` straight to the Node upstream (not through the proxy), over plain HTTP/1.1;
