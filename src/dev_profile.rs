@@ -55,18 +55,29 @@ pub(crate) fn prepare(config: &mut Config) -> Result<(), DevProfileError> {
     Ok(())
 }
 
+/// A path the dev profile needs from the config, resolved; `hint` says how to set it.
+fn configured_path(
+    config: &Config,
+    file: &Option<std::path::PathBuf>,
+    what: &'static str,
+    hint: &str,
+) -> Result<std::path::PathBuf, DevProfileError> {
+    let file = file.as_ref().ok_or_else(|| DevProfileError::Load {
+        what,
+        path: "(none)".into(),
+        message: hint.into(),
+    })?;
+    Ok(config.resolve(file))
+}
+
 /// The Stream secret from `stream.api_secret_file`, generated there first if missing.
 fn dev_stream_secret(config: &Config) -> Result<Secret, DevProfileError> {
-    let file = config
-        .stream
-        .api_secret_file
-        .as_ref()
-        .ok_or(DevProfileError::Load {
-            what: "Stream secret",
-            path: "(none)".into(),
-            message: "set STREAM_API_SECRET or stream.api_secret_file".into(),
-        })?;
-    let path = config.resolve(file);
+    let path = configured_path(
+        config,
+        &config.stream.api_secret_file,
+        "Stream secret",
+        "set STREAM_API_SECRET or stream.api_secret_file",
+    )?;
     let failed = |message: String| DevProfileError::Generate {
         what: "dev Stream secret",
         path: path.display().to_string(),
@@ -96,16 +107,12 @@ fn dev_stream_secret(config: &Config) -> Result<Secret, DevProfileError> {
 /// A Clerk-shaped session token signed with the dev key, for `stream-token-proxy dev-token`.
 /// Generates the key if this is the first run; starts nothing.
 pub fn dev_token(config: &Config, sub: &str, ttl_secs: u64) -> Result<String, DevProfileError> {
-    let file = config
-        .auth
-        .dev_signing_key
-        .as_ref()
-        .ok_or(DevProfileError::Load {
-            what: "dev signing key",
-            path: "(none)".into(),
-            message: "dev-token needs a dev config (dev = true, auth.dev_signing_key)".into(),
-        })?;
-    let path = config.resolve(file);
+    let path = configured_path(
+        config,
+        &config.auth.dev_signing_key,
+        "dev signing key",
+        "dev-token needs a dev config (dev = true, auth.dev_signing_key)",
+    )?;
     ensure_dev_signing_key(&path)?;
     let signer = DevSigner::load(&path)?;
     let claims = DevClaims {
