@@ -102,8 +102,8 @@ impl ConnectionSlot {
     /// Judges the connection against its timeouts now; also returns how long until it is
     /// worth asking again, or `None` once hyper times the connection itself: an HTTP/1
     /// connection that has made a request is closed by hyper's `header_read_timeout` while it
-    /// waits for the next head (and an idle timer per connection costs every request ~300
-    /// instructions in the timer wheel, bench/callgrind.sh).
+    /// waits for the next head (and a timer per connection would cost every request work in
+    /// tokio's timer wheel: BENCHMARKS.md, "Hostile clients").
     pub(crate) fn idleness(
         &self,
         first_request: Duration,

@@ -1,7 +1,7 @@
 //! Numbers and addresses written as text without `std::fmt`, on the forwarding path (an
 //! `X-Forwarded-For` and a request id per request). Through the formatting machinery the two
-//! cost every forwarded request ~2,000 more instructions, 4.6 % (bench/callgrind.sh), so they
-//! stay, here, each checked against `Display` below.
+//! cost a forwarded request several percent more (BENCHMARKS.md, "The layout of issue 16"), so
+//! they stay, here, each checked against `Display` below.
 
 use std::net::IpAddr;
 

@@ -9,8 +9,8 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
-// mimalloc: per-request buffers and header maps come and go on every request; glibc's malloc
-// showed as ~7% of the proxy's CPU under load (bench/profile.sh), mimalloc less than half that.
+// mimalloc: per-request buffers and header maps come and go on every request; with glibc's
+// malloc the allocator was a visible share of the proxy's CPU under load (BENCHMARKS.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -87,8 +87,8 @@ fn names_only_listed(value: &HeaderValue) -> bool {
 }
 
 /// The position of `name` in [`HOP_BY_HOP`]: a `match` on the name, which compiles to a
-/// switch on its length and one comparison (a lookup through the list cost every forwarded
-/// request ~400 instructions more, bench/callgrind.sh).
+/// switch on its length and one comparison (a search through the list costs measurably more
+/// per forwarded request: BENCHMARKS.md, "The layout of issue 16").
 fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
     match name.as_str() {
         "connection" => Some(0),
@@ -150,8 +150,8 @@ pub fn prepare_request_headers(
 }
 
 /// Removes every header named in `names`. One pass over the request's names first: they are
-/// almost never there, and a hashed removal per listed name cost ~300 instructions each
-/// (bench/callgrind.sh).
+/// almost never there, and a hashed removal per listed name costs more than the pass
+/// (BENCHMARKS.md, "Hostile clients").
 fn remove_listed(headers: &mut HeaderMap, names: &[FieldName]) {
     let listed = |name: &HeaderName| names.iter().any(|n| n.0 == name);
     if !headers.keys().any(listed) {
