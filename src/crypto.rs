@@ -18,3 +18,9 @@ pub(crate) fn random_bytes(bytes: &mut [u8]) -> Result<(), aws_lc_rs::error::Uns
 pub(crate) fn tls_provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
     std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
+
+/// Makes aws-lc-rs the process's default rustls provider, for clients that build their TLS
+/// settings from the default (the Redis client). Another default already set is kept.
+pub(crate) fn install_default_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}

@@ -59,7 +59,7 @@ use crate::auth::KeyStore;
 use crate::auth::keys::KeyError;
 use crate::config::{ConfigError, Secret};
 use crate::dev_profile::{DevProfileError, DevSigner};
-use crate::limits::Limits;
+use crate::limits::{Limits, RedisSetupError};
 use crate::metrics::Metrics;
 use crate::ops::admin::AdminState;
 use crate::ops::reload::Reloader;
@@ -82,6 +82,8 @@ pub enum StartError {
     DevProfile(#[from] DevProfileError),
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    Limits(#[from] RedisSetupError),
 }
 
 /// A running proxy.
@@ -165,7 +167,7 @@ pub async fn start(mut config: Config) -> Result<ProxyHandle, StartError> {
     };
     let keys = Arc::new(key_store(&config, metrics.clone())?);
     let minter = Arc::new(StreamMinter::new(&config.stream, &stream_secret(&config)?));
-    let limits = Arc::new(Limits::new(&config.limits));
+    let limits = Arc::new(limits(&config, &metrics)?);
     let shared = Shared::new(&config, &keys, &minter, &limits, &metrics);
     let listeners = server::Listeners::bind(&config).await?;
     let admin = Arc::new(AdminState::new(&metrics, &keys, &limits, &certs));
@@ -239,6 +241,24 @@ fn secret_file(config: &Config) -> Option<std::path::PathBuf> {
         (Some(file), false) => Some(config.resolve(file)),
         _ => None,
     }
+}
+
+/// The rate limits on the configured backend (not waiting for Redis), with the CA file that
+/// signs a `rediss://` server read now.
+fn limits(config: &Config, metrics: &Arc<Metrics>) -> Result<Limits, StartError> {
+    let ca_pem = match &config.limits.redis.ca_file {
+        Some(file) => {
+            let path = config.resolve(file);
+            Some(std::fs::read(&path).map_err(|e| {
+                ConfigError::new(
+                    path.display(),
+                    format!("cannot read limits.redis.ca_file: {e}"),
+                )
+            })?)
+        }
+        None => None,
+    };
+    Ok(Limits::start(&config.limits, Vec::new(), ca_pem, metrics)?)
 }
 
 /// The key store the configuration names (exactly one source; `Config::validate` checks).

@@ -72,7 +72,46 @@ pub struct Metrics {
     reloads: Family<ReloadLabels, Counter>,
     /// Keys held by each rate limiter (set when scraped).
     limiter_keys: Family<LimiterLabel, Gauge>,
+    /// Rate-limit checks by what the shared backend did, in the order of [`BackendOutcome`].
+    backend_requests: [Counter; 6],
+    /// Time of each check that went to the shared backend (Redis).
+    pub(crate) backend_duration: Histogram,
+    /// 1 while the shared backend is skipped (circuit open, or not reached yet).
+    pub(crate) rate_limit_degraded: Gauge,
 }
+
+/// What the shared rate-limit backend did for one check (`rate_limit_backend_requests_total`'s
+/// `outcome`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BackendOutcome {
+    /// Redis counted it, under the limit.
+    Allowed,
+    /// Redis counted it, over the limit.
+    Limited,
+    /// Redis did not answer within `limits.redis.timeout`: `on_error` answered.
+    Timeout,
+    /// Redis failed (connection, authentication, script): `on_error` answered.
+    Error,
+    /// The circuit is open: Redis was not asked, `on_error` answered.
+    Skipped,
+    /// Redis said over the limit a moment ago: answered locally, Redis not asked.
+    FirstTier,
+}
+
+const BACKEND_OUTCOMES: [&str; 6] = [
+    "allowed",
+    "limited",
+    "timeout",
+    "error",
+    "skipped",
+    "first_tier",
+];
+
+/// Bounds of `rate_limit_backend_duration_seconds`: a loopback or in-zone Redis answers in
+/// well under a millisecond; the default timeout is 20 ms.
+const BACKEND_BUCKETS: [f64; 11] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25,
+];
 
 /// Bounds of `upstream_duration_seconds`, in seconds.
 const UPSTREAM_BUCKETS: [f64; 13] = [
@@ -112,8 +151,29 @@ impl Metrics {
             STATUS_CLASSES
                 .map(|status| request_family.get_or_create_owned(&RequestLabels { route, status }))
         });
+        let backend_family: Family<OutcomeLabel, Counter> = registered(
+            &mut registry,
+            "rate_limit_backend_requests",
+            "Rate-limit checks by what the shared backend (Redis) did",
+            Family::default(),
+        );
+        let backend_requests = BACKEND_OUTCOMES
+            .map(|outcome| backend_family.get_or_create_owned(&OutcomeLabel { outcome }));
         Self {
             requests,
+            backend_requests,
+            backend_duration: registered(
+                &mut registry,
+                "rate_limit_backend_duration_seconds",
+                "Time of each rate-limit check sent to the shared backend (Redis)",
+                Histogram::new(BACKEND_BUCKETS),
+            ),
+            rate_limit_degraded: registered(
+                &mut registry,
+                "rate_limit_degraded",
+                "1 while the shared rate-limit backend is skipped and limits.redis.on_error applies",
+                Default::default(),
+            ),
             token_mints: registered(
                 &mut registry,
                 "token_mints",
@@ -262,6 +322,10 @@ impl Metrics {
         self.reloads
             .get_or_create(&ReloadLabels { what, outcome })
             .inc();
+    }
+
+    pub(crate) fn backend_request(&self, outcome: BackendOutcome) {
+        self.backend_requests[outcome as usize].inc();
     }
 
     pub fn limiter_keys(&self, limiter: &'static str, keys: usize) {

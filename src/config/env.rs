@@ -3,7 +3,7 @@
 //! [`Config::apply_env`], the `--help` text and the README's table (`tests/cli.rs` checks
 //! that the README agrees).
 
-use super::{Config, ConfigError, JwksUrl, LogFormat, Secret, UpstreamUrl};
+use super::{Backend, Config, ConfigError, JwksUrl, LogFormat, Secret, UpstreamUrl};
 
 /// One environment variable and the setting it overrides.
 pub struct EnvOverride {
@@ -132,6 +132,30 @@ pub const ENV_OVERRIDES: &[EnvOverride] = &[
         sets: "stream.api_secret_file",
         apply: |c, v| {
             c.stream.api_secret_file = Some(from_working_dir(v));
+            Ok(())
+        },
+    },
+    EnvOverride {
+        var: "LIMITS_BACKEND",
+        sets: "limits.backend (`local` or `redis`)",
+        apply: |c, v| {
+            c.limits.backend = Backend::parse(&v)?;
+            Ok(())
+        },
+    },
+    EnvOverride {
+        var: "REDIS_URL",
+        sets: "limits.redis.url (a password in it is used, never logged)",
+        apply: |c, v| c.limits.redis.set_url_from_env(&v),
+    },
+    EnvOverride {
+        var: "REDIS_PASSWORD",
+        sets: "the Redis password itself",
+        apply: |c, v| {
+            if v.is_empty() {
+                return Err("is set but empty".into());
+            }
+            c.limits.redis.password = Some(Secret::new(v));
             Ok(())
         },
     },

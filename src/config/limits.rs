@@ -1,7 +1,13 @@
-//! `[limits]`: rate limits, whose `X-Forwarded-For` to believe, and the token route's body.
+//! `[limits]`: rate limits, where their state lives (`backend`, `[limits.redis]`), whose
+//! `X-Forwarded-For` to believe, and the token route's body. [`LimitsConfig::policies`] is the
+//! one list of named limits: validation here and the limiters in `limits/` both read it.
+
+use std::borrow::Cow;
+use std::path::PathBuf;
 
 use serde::Deserialize;
 
+pub use super::redis::{OnError, RedisConfig, RedisUrl};
 use super::{CidrNet, ConfigError, PositiveDuration};
 
 /// Rate limits and request bounds.
@@ -18,7 +24,12 @@ pub struct LimitsConfig {
     pub forward: Vec<ForwardLimit>,
     /// Proxies (CIDRs) whose `X-Forwarded-For` is believed when finding the client's IP.
     pub trusted_proxies: Vec<CidrNet>,
-    /// Keys one limiter may hold; past it, its state starts over (memory stays bounded).
+    /// Where the limits' state lives: this pod (`local`) or Redis, shared by every replica.
+    pub backend: Backend,
+    /// The Redis backend's settings (read only with `backend = "redis"`).
+    pub redis: RedisConfig,
+    /// Keys one local limiter may hold; past it, the least recently seen go (memory stays
+    /// bounded, and a key that keeps coming back stays limited).
     pub max_keys: usize,
     /// How often idle limiter state is pruned.
     pub prune_interval: PositiveDuration,
@@ -34,6 +45,8 @@ impl Default for LimitsConfig {
             token_global: None,
             forward: Vec::new(),
             trusted_proxies: Vec::new(),
+            backend: Backend::Local,
+            redis: RedisConfig::default(),
             max_keys: 100_000,
             prune_interval: PositiveDuration::secs(10),
             token_body_bytes: 16 * 1024,
@@ -71,6 +84,78 @@ fn one_minute() -> PositiveDuration {
     PositiveDuration::secs(60)
 }
 
+/// Where rate-limit state lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// In this process: each replica counts on its own.
+    Local,
+    /// In Redis (or Valkey): one count for the whole fleet.
+    Redis,
+}
+
+impl Backend {
+    pub(crate) fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "local" => Ok(Self::Local),
+            "redis" => Ok(Self::Redis),
+            _ => Err(format!("`{s}`: expected `local` or `redis`")),
+        }
+    }
+}
+
+/// What a key is counted by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyedBy {
+    /// The client IP (IPv6 by /64).
+    Ip,
+    /// The verified user id.
+    User,
+    /// One count for everyone.
+    Nothing,
+}
+
+/// One named limit: the registry entry that validation, the limiters, maintenance, the admin
+/// gauges and the metrics all read. `name` labels metrics and the `RateLimit` headers; `id`
+/// is unique (it names the Redis key space), e.g. `forward_ip:/api/upload`.
+#[derive(Debug, Clone)]
+pub struct PolicySpec {
+    pub name: Cow<'static, str>,
+    pub id: String,
+    /// Where a bad value is reported (`limits.token_per_ip`).
+    pub setting: String,
+    pub rate: RateConfig,
+    pub keyed_by: KeyedBy,
+}
+
+impl PolicySpec {
+    pub fn new(
+        name: impl Into<Cow<'static, str>>,
+        id: impl Into<String>,
+        setting: impl Into<String>,
+        rate: RateConfig,
+        keyed_by: KeyedBy,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            id: id.into(),
+            setting: setting.into(),
+            rate,
+            keyed_by,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.rate.requests > 0 && self.rate.burst() == 0 {
+            return Err(ConfigError::invalid(format!(
+                "{}: burst must be at least 1 (or set requests = 0 to switch it off)",
+                self.setting
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// A per-IP limit on forwarded paths starting with `prefix`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -81,32 +166,55 @@ pub struct ForwardLimit {
 }
 
 impl LimitsConfig {
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let rates = [
-            ("limits.token_per_ip", &self.token_per_ip),
-            ("limits.token_per_user", &self.token_per_user),
+    /// Every named limit this section configures, switched-off ones included (the limiters
+    /// skip those). A limit configured elsewhere (a route's own) is one more [`PolicySpec`]
+    /// handed to `Limits` beside these.
+    pub fn policies(&self) -> Vec<PolicySpec> {
+        let mut specs = vec![
+            PolicySpec::new(
+                "token_ip",
+                "token_ip",
+                "limits.token_per_ip",
+                self.token_per_ip.clone(),
+                KeyedBy::Ip,
+            ),
+            PolicySpec::new(
+                "token_user",
+                "token_user",
+                "limits.token_per_user",
+                self.token_per_user.clone(),
+                KeyedBy::User,
+            ),
         ];
-        let global = self
-            .token_global
-            .as_ref()
-            .map(|r| ("limits.token_global", r));
-        for (name, rate) in rates.into_iter().chain(global) {
-            if rate.requests > 0 && rate.burst() == 0 {
-                return Err(ConfigError::invalid(format!(
-                    "{name}.burst must be at least 1 (or set requests = 0 to switch it off)"
-                )));
-            }
+        specs.extend(self.token_global.as_ref().map(|rate| {
+            PolicySpec::new(
+                "token_global",
+                "token_global",
+                "limits.token_global",
+                rate.clone(),
+                KeyedBy::Nothing,
+            )
+        }));
+        specs.extend(self.forward.iter().map(|f| {
+            PolicySpec::new(
+                "forward_ip",
+                format!("forward_ip:{}", f.prefix),
+                format!("limits.forward `{}`", f.prefix),
+                f.rate.clone(),
+                KeyedBy::Ip,
+            )
+        }));
+        specs
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for spec in self.policies() {
+            spec.validate()?;
         }
         for f in &self.forward {
             if !f.prefix.starts_with('/') {
                 return Err(ConfigError::invalid(format!(
                     "limits.forward prefix `{}` must start with /",
-                    f.prefix
-                )));
-            }
-            if f.rate.requests > 0 && f.rate.burst() == 0 {
-                return Err(ConfigError::invalid(format!(
-                    "limits.forward `{}`: burst must be at least 1",
                     f.prefix
                 )));
             }
@@ -116,6 +224,14 @@ impl LimitsConfig {
                 "limits.max_keys and limits.token_body_bytes must be greater than zero",
             ));
         }
-        Ok(())
+        self.redis.validate()
+    }
+
+    /// The Redis password file, resolved by the caller, when the environment gave none.
+    pub(crate) fn redis_password_file(&self) -> Option<&PathBuf> {
+        match self.redis.password {
+            Some(_) => None,
+            None => self.redis.password_file.as_ref(),
+        }
     }
 }

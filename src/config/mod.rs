@@ -10,6 +10,7 @@ mod cors;
 mod env;
 mod limits;
 mod ops;
+mod redis;
 mod server;
 mod stream;
 mod types;
@@ -23,7 +24,10 @@ use serde::Deserialize;
 pub use auth::AuthConfig;
 pub use cors::CorsConfig;
 pub use env::{ENV_OVERRIDES, EnvOverride, env_help};
-pub use limits::{ForwardLimit, LimitsConfig, RateConfig};
+pub use limits::{
+    Backend, ForwardLimit, KeyedBy, LimitsConfig, OnError, PolicySpec, RateConfig, RedisConfig,
+    RedisUrl,
+};
 pub use ops::{AdminConfig, LogConfig, LogFormat, LogLevel};
 pub use server::{ServerConfig, TlsConfig};
 pub use stream::{StreamConfig, read_secret_file};
@@ -166,9 +170,24 @@ impl Config {
         self.auth.warnings(self.dev)
     }
 
-    /// Reads the Stream secret from `stream.api_secret_file` unless the environment gave it.
-    /// A dev config may lack the file: `start` generates one.
+    /// Reads the Stream secret from `stream.api_secret_file` unless the environment gave it
+    /// (a dev config may lack the file: `start` generates one), and the Redis password from
+    /// `limits.redis.password_file` unless the environment gave it.
     pub fn load_secret(&mut self) -> Result<(), ConfigError> {
+        if let Some(file) = self.limits.redis_password_file() {
+            let path = self.resolve(file);
+            let password = read_secret_file(&path).map_err(|e| {
+                ConfigError::new(
+                    path.display(),
+                    format!("cannot use the Redis password file: {e}"),
+                )
+            })?;
+            self.limits.redis.password = Some(password);
+        }
+        self.load_stream_secret()
+    }
+
+    fn load_stream_secret(&mut self) -> Result<(), ConfigError> {
         if self.stream.api_secret.is_some() {
             return Ok(());
         }

@@ -2,7 +2,8 @@
 //!
 //! - `GET /healthz`: 200 while the process runs.
 //! - `GET /readyz`: 200 when the public listener is up, verification keys are loaded and no
-//!   shutdown has begun; else 503 with the reason.
+//!   shutdown has begun (with `"rate_limits":"degraded"` while the shared rate-limit backend
+//!   is skipped); else 503 with the reason.
 //! - `GET /metrics`: Prometheus (OpenMetrics text) exposition.
 
 use std::convert::Infallible;
@@ -70,11 +71,8 @@ impl AdminState {
 
     fn export_gauges(&self) {
         self.keys.export_gauges();
-        if let Some(l) = &self.limits.token_ip {
-            self.metrics.limiter_keys("token_ip", l.len());
-        }
-        if let Some(l) = &self.limits.token_user {
-            self.metrics.limiter_keys("token_user", l.len());
+        for (name, keys) in self.limits.keys_by_name() {
+            self.metrics.limiter_keys(name, keys);
         }
         if let Some(expiry) = self.certs.as_ref().and_then(|c| c.not_after()) {
             self.metrics.certificate_expiry.set(expiry);
@@ -91,6 +89,12 @@ impl AdminState {
         match request.uri().path() {
             "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
             "/readyz" => match self.not_ready() {
+                // Degraded rate limits do not take the pod out: `on_error` decides what a
+                // request gets meanwhile, and every replica would be degraded at once.
+                None if self.limits.degraded() => json(
+                    StatusCode::OK,
+                    r#"{"status":"ready","rate_limits":"degraded"}"#.into(),
+                ),
                 None => json(StatusCode::OK, r#"{"status":"ready"}"#.into()),
                 Some(reason) => json(
                     StatusCode::SERVICE_UNAVAILABLE,

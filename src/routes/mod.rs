@@ -206,7 +206,7 @@ impl App {
         if request.method() == Method::CONNECT {
             return self.respond(Err(ProxyError::NotImplemented("CONNECT")), ctx);
         }
-        if let Err(limited) = self.check_forward_limit(&request, ctx) {
+        if let Err(limited) = self.check_forward_limit(&request, ctx).await {
             return self.respond(Err(ProxyError::RateLimited(limited)), ctx);
         }
         // A refused HTTP/1 request may leave body bytes unread, framed in a way the proxy just
@@ -237,7 +237,7 @@ impl App {
     }
 
     /// Per-IP limits on forwarded paths, when configured (none by default).
-    fn check_forward_limit(
+    async fn check_forward_limit(
         &self,
         request: &Request<Incoming>,
         ctx: &RequestContext,
@@ -246,7 +246,8 @@ impl App {
             return Ok(());
         }
         let ip = self.client_ip(request, ctx);
-        self.shared.limits.check_forward(request.uri().path(), ip)
+        let path = request.uri().path();
+        self.shared.limits.check_forward(path, ip).await
     }
 
     /// The address rate limits count (`Limits::client_ip`: the peer, or `X-Forwarded-For`

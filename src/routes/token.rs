@@ -86,6 +86,7 @@ impl TokenRoute {
         // Before any parsing or crypto: the per-IP (and global) limit.
         self.limits
             .check_token_ip(client_ip)
+            .await
             .map_err(ProxyError::RateLimited)?;
         let token = auth::credentials(request.headers(), self.session_cookie)?;
         let session = self.verifier.verify(token).await?;
@@ -94,6 +95,7 @@ impl TokenRoute {
         }
         self.limits
             .check_token_user(&session.user_id)
+            .await
             .map_err(ProxyError::RateLimited)?;
         let body =
             tokio::time::timeout(self.body_timeout, read_json_body(request, self.body_limit))
