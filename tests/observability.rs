@@ -39,36 +39,13 @@ fn read(name: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
-}
-
-fn on_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
-}
-
-/// `name` from the PATH. Missing: a failure, unless outside CI and without apt-get (then
-/// `None`, after saying loudly that the test is skipped).
+/// `name` from the PATH, or `None` (after saying so loudly) where the test may skip.
 fn tool(name: &str) -> Option<PathBuf> {
-    if let Some(path) = on_path(name) {
-        return Some(path);
-    }
-    let how = "`bash .ci/run` installs it (apt-get install -y prometheus: the Debian package \
-               ships both prometheus and promtool)";
-    if in_ci() {
-        panic!("`{name}` is not on the PATH and CI is set, so this test may not skip: {how}");
-    }
-    if on_path("apt-get").is_some() {
-        panic!("`{name}` is not on the PATH: {how}; or run `apt-get install -y prometheus`");
-    }
-    eprintln!(
-        "\n!!!!! SKIPPED: `{name}` is not installed and this machine has no apt-get to install \
-         it. The observability test did NOT run. (Under CI it fails instead; {how}.)\n"
-    );
-    None
+    require_tool(
+        name,
+        "`bash .ci/run` installs it (apt-get install -y prometheus: the Debian package ships \
+         both prometheus and promtool)",
+    )
 }
 
 fn run(program: &Path, args: &[&str], dir: &Path) -> Output {

@@ -487,6 +487,65 @@ mod tests {
     }
 
     #[test]
+    fn the_redis_backend_is_configured_without_its_password_in_the_file() {
+        let config = validated(PROD).unwrap();
+        assert_eq!(config.limits.backend, Backend::Local, "local by default");
+        assert_eq!(config.limits.redis.timeout.0, Duration::from_millis(20));
+        assert_eq!(config.limits.redis.on_error, OnError::Local);
+
+        let mut config = validated(&format!(
+            "{PROD}\n[limits]\nbackend = \"redis\"\n[limits.redis]\n\
+             url = \"redis://app@redis.internal:6380/1\"\non_error = \"deny\"\n\
+             replicas_hint = 3\ntimeout = \"15ms\"\n"
+        ))
+        .unwrap();
+        assert_eq!(config.limits.backend, Backend::Redis);
+        assert_eq!(
+            config.limits.redis.url.to_string(),
+            "redis://app@redis.internal:6380/1"
+        );
+        config
+            .apply_env(|k| match k {
+                "REDIS_URL" => Some("rediss://:url-pass-123@r.example:6390".into()),
+                "LIMITS_BACKEND" => Some("local".into()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(config.limits.backend, Backend::Local);
+        assert!(config.limits.redis.url.tls);
+        let password = config.limits.redis.password.as_ref().unwrap();
+        assert_eq!(password.expose(), "url-pass-123");
+        config
+            .apply_env(|k| (k == "REDIS_PASSWORD").then(|| "env-pass-456".to_string()))
+            .unwrap();
+        let debug = format!("{config:?} {}", config.limits.redis.url);
+        assert!(
+            !debug.contains("url-pass-123") && !debug.contains("env-pass-456"),
+            "{debug}"
+        );
+
+        let cases = [
+            ("url = \"redis://:hunter2@h\"", "REDIS_PASSWORD"),
+            ("url = \"http://h\"", "redis://"),
+            ("on_error = \"maybe\"", "unknown variant `maybe`"),
+            ("timeout = \"0s\"", "greater than zero"),
+            ("replicas_hint = 0", "replicas_hint must be at least 1"),
+            ("timeout = \"10s\"", "timeout is over 5s"),
+            ("ca_file = \"ca.pem\"", "not rediss://"),
+        ];
+        for (line, want) in cases {
+            let err = validated(&format!("{PROD}\n[limits.redis]\n{line}\n")).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains(want), "{line}: {text}");
+            assert!(!text.contains("hunter2"), "{text}");
+        }
+        let err = config
+            .apply_env(|k| (k == "LIMITS_BACKEND").then(|| "memcached".to_string()))
+            .unwrap_err();
+        assert!(err.to_string().contains("`local` or `redis`"), "{err}");
+    }
+
+    #[test]
     fn the_secret_file_is_read_trimmed_and_must_not_be_empty() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("secret"), "s3cr3t\n").unwrap();

@@ -12,7 +12,7 @@ use arc_swap::ArcSwapOption;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, IntoConnectionInfo, RedisError, Script, TlsCertificates};
 use tokio::runtime::Handle;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, trace, warn};
 
 use super::breaker::{Backoff, Breaker};
 use super::local::Gcra;
@@ -112,6 +112,7 @@ impl RedisBackend {
             .metrics
             .backend_duration
             .observe(started.elapsed().as_secs_f64());
+        trace!(policy, ?result, "rate-limit check in Redis");
         match result {
             Ok(Ok((allowed, wait_us))) => {
                 shared.breaker.success();

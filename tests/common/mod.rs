@@ -35,6 +35,7 @@ pub mod binary;
 pub mod clerk;
 pub mod fake_upstream;
 pub mod h2raw;
+pub mod redis;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type TestBody = BoxBody<Bytes, BoxError>;
@@ -689,4 +690,35 @@ pub fn clear_overrides(command: &mut Command) -> &mut Command {
         command.env_remove(var);
     }
     command.env_remove("RUST_LOG")
+}
+
+/// `true` under CI (`CI` set, not `0` or `false`): there a test that needs a tool never skips.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
+}
+
+pub fn on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+/// `name` from the PATH. Missing: a failure (saying `how` to install it), unless outside CI
+/// on a machine without apt-get; then `None`, after saying loudly that the test is skipped.
+pub fn require_tool(name: &str, how: &str) -> Option<PathBuf> {
+    if let Some(path) = on_path(name) {
+        return Some(path);
+    }
+    if in_ci() {
+        panic!("`{name}` is not on the PATH and CI is set, so this test may not skip: {how}");
+    }
+    if on_path("apt-get").is_some() {
+        panic!("`{name}` is not on the PATH: {how}");
+    }
+    eprintln!(
+        "\n!!!!! SKIPPED: `{name}` is not installed and this machine has no apt-get to install \
+         it. The test did NOT run. (Under CI it fails instead; {how}.)\n"
+    );
+    None
 }
