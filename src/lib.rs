@@ -13,7 +13,7 @@
 //! | `routes` | the router and its per-request context, the token route, CORS, how Node reads a path, request ids, the response body; errors become responses there |
 //! | `auth` | session verification: key sources (JWKS, PEM), token-type rules, the refetch schedule, the verified-session cache |
 //! | `stream_token` | minting Stream user tokens |
-//! | `limits` | rate limits (per IP, per user, global, forwarded prefixes), the client IP behind trusted proxies |
+//! | `limits` | rate limits behind one seam (`Limits::check(policy, key)`): named policies, local (governor) and Redis (GCRA script) backends, the first tier, `on_error`; the client IP behind trusted proxies |
 //! | `forward` | one forwarded request: headers, checks, timeouts, retry, upload progress, WebSocket tunnels |
 //! | `upstream` | each worker's pool of HTTP/1.1 connections to Node |
 //! | `ops` | the admin listener, the access log, certificate and secret reloads |
