@@ -160,6 +160,54 @@ async fn two_proxies_sharing_one_redis_admit_exactly_the_burst_for_one_user_and_
     }
 }
 
+/// Checks of one key that arrive together share a script call (the batch counts each of
+/// them), and two proxies still admit exactly the burst.
+#[tokio::test]
+async fn concurrent_checks_of_one_key_share_round_trips_and_count_exactly() {
+    let Some(redis) = RedisServer::start(None) else {
+        return;
+    };
+    let url = redis.url();
+    let fleet = fleet(2, |c| {
+        use_redis(c, &url, OnError::Deny);
+        c.limits.redis.timeout = PositiveDuration(Duration::from_millis(500));
+        c.limits.token_per_user = per_minute(60);
+    })
+    .await;
+    let clients = Clients::of(&fleet).await;
+    let token = fleet.key.sign(&claims("user_concurrent"));
+    let mut tasks = Vec::new();
+    for i in 0..60 {
+        let mut sender = clients.0[i % 2].clone();
+        let request = token_request(Some(&token)).body(empty()).unwrap();
+        tasks.push(tokio::spawn(async move {
+            send_h2(&mut sender, request).await.status()
+        }));
+    }
+    let mut statuses = Vec::new();
+    for task in tasks {
+        statuses.push(task.await.unwrap());
+    }
+    assert_eq!(count(&statuses, StatusCode::OK), 60, "{statuses:?}");
+    let calls: f64 = fleet
+        .proxies
+        .iter()
+        .map(|p| {
+            metric(
+                p,
+                "stream_token_proxy_rate_limit_backend_duration_seconds_count",
+            )
+        })
+        .sum();
+    assert!(calls < 60.0, "{calls} script calls for 60 checks");
+    let mut clients = clients;
+    assert_eq!(
+        clients.post(1, Some(&token)).await.0,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the 61st, exactly"
+    );
+}
+
 async fn fleet_per_ip(url: &str, burst: u32) -> Fleet {
     fleet(2, |c| {
         use_redis(c, url, OnError::Deny);

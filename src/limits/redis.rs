@@ -5,13 +5,15 @@
 //! back-off, on a fresh connection each time (so a connection stuck on a refused password or a
 //! dead peer is left behind). One log line per change of state.
 
-use std::sync::{Arc, Weak};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, IntoConnectionInfo, RedisError, Script, TlsCertificates};
 use tokio::runtime::Handle;
+use tokio::sync::oneshot;
 use tracing::{debug, info, trace, warn};
 
 use super::breaker::{Backoff, Breaker};
@@ -50,6 +52,8 @@ struct Shared {
     shown_url: String,
     breaker: Breaker,
     backoff: (Duration, Duration),
+    /// Keys with a script call in flight, and the checks queued for the next one.
+    in_flight: Mutex<HashMap<String, Vec<Waiter>>>,
     metrics: Arc<Metrics>,
     /// Where the probes run (the runtime `start` runs on, not a worker's).
     runtime: Handle,
@@ -75,6 +79,7 @@ impl RedisBackend {
             on_error: config.on_error,
             shown_url: config.url.to_string(),
             breaker: Breaker::new(config.circuit_failures),
+            in_flight: Mutex::new(HashMap::new()),
             backoff: (config.circuit_backoff.0, config.circuit_backoff_max.0),
             metrics: metrics.clone(),
             runtime,
@@ -95,67 +100,161 @@ impl RedisBackend {
         self.shared.breaker.is_open()
     }
 
-    /// Counts one request for `policy`'s `key` in Redis.
+    /// Counts one request for `policy`'s `key` in Redis. Concurrent checks of one key share
+    /// a round trip: while one is in flight the next ones queue, and go together as one
+    /// script call that counts each of them (so a hot key, such as the global limit, costs
+    /// Redis one call per round trip, not one per request, and the count stays exact).
     pub(crate) async fn check(&self, policy: &str, key: &str, gcra: Gcra) -> Verdict {
         let shared = &self.shared;
-        let conn = match shared.conn.load_full() {
-            Some(conn) if !shared.breaker.is_open() => conn,
-            _ => {
-                shared.metrics.backend_request(BackendOutcome::Skipped);
-                return Verdict::Unavailable;
-            }
+        if shared.breaker.is_open() || shared.conn.load().is_none() {
+            shared.metrics.backend_request(BackendOutcome::Skipped);
+            return Verdict::Unavailable;
+        }
+        let deadline = tokio::time::Instant::now() + shared.timeout;
+        let (tx, rx) = oneshot::channel();
+        let key = format!("{}{policy}:{key}", shared.prefix);
+        if let Some(batch) = shared.join(&key, Waiter { tx, deadline }) {
+            tokio::spawn(run_batches(shared.clone(), key, gcra, batch));
+        }
+        // The batch answers by the earliest deadline among its checks; the margin only
+        // covers a batch task that is late to run.
+        let answer = tokio::time::timeout_at(deadline + ANSWER_MARGIN, rx).await;
+        let (outcome, verdict) = match answer {
+            Ok(Ok(Answer::Allowed)) => (BackendOutcome::Allowed, Verdict::Allowed),
+            Ok(Ok(Answer::Limited(wait))) => (BackendOutcome::Limited, Verdict::Limited(wait)),
+            Ok(Ok(Answer::Failed)) | Ok(Err(_)) => (BackendOutcome::Error, Verdict::Unavailable),
+            Ok(Ok(Answer::TimedOut)) | Err(_) => (BackendOutcome::Timeout, Verdict::Unavailable),
+            Ok(Ok(Answer::Skipped)) => (BackendOutcome::Skipped, Verdict::Unavailable),
         };
-        let started = Instant::now();
-        let result = tokio::time::timeout(shared.timeout, shared.eval(&conn, policy, key, gcra));
-        let result = result.await;
-        shared
-            .metrics
-            .backend_duration
-            .observe(started.elapsed().as_secs_f64());
-        trace!(policy, ?result, "rate-limit check in Redis");
-        match result {
-            Ok(Ok((allowed, wait_us))) => {
-                shared.breaker.success();
-                if allowed == 1 {
-                    shared.metrics.backend_request(BackendOutcome::Allowed);
-                    Verdict::Allowed
-                } else {
-                    shared.metrics.backend_request(BackendOutcome::Limited);
-                    Verdict::Limited(Duration::from_micros(wait_us.max(1).unsigned_abs()))
-                }
-            }
-            Ok(Err(e)) => shared.failed(BackendOutcome::Error, describe(&e)),
-            Err(_) => shared.failed(
-                BackendOutcome::Timeout,
-                format!("no answer within {:?}", shared.timeout),
-            ),
+        shared.metrics.backend_request(outcome);
+        verdict
+    }
+}
+
+/// How late past its timeout a check may still take its batch's answer.
+const ANSWER_MARGIN: Duration = Duration::from_millis(5);
+
+/// One queued check.
+struct Waiter {
+    tx: oneshot::Sender<Answer>,
+    deadline: tokio::time::Instant,
+}
+
+/// What a batch tells each of its checks.
+#[derive(Debug, Clone, Copy)]
+enum Answer {
+    Allowed,
+    Limited(Duration),
+    Failed,
+    TimedOut,
+    Skipped,
+}
+
+/// Runs `batch` for `key`, then whatever queued for it meanwhile, until nothing did.
+async fn run_batches(shared: Arc<Shared>, key: String, gcra: Gcra, mut batch: Vec<Waiter>) {
+    loop {
+        shared.run_batch(&key, gcra, batch).await;
+        match shared.next_batch(&key) {
+            Some(next) => batch = next,
+            None => return,
         }
     }
 }
 
 impl Shared {
-    /// One EVALSHA (a SCRIPT LOAD and a retry after NOSCRIPT: a restart or SCRIPT FLUSH).
+    /// Queues `waiter` behind the batch in flight for `key`; with none in flight, returns
+    /// the batch the caller must start.
+    fn join(&self, key: &str, waiter: Waiter) -> Option<Vec<Waiter>> {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        match in_flight.get_mut(key) {
+            Some(queued) => {
+                queued.push(waiter);
+                None
+            }
+            None => {
+                in_flight.insert(key.to_string(), Vec::new());
+                Some(vec![waiter])
+            }
+        }
+    }
+
+    /// The checks that queued while `key`'s batch ran; `None` (and the key is free) if none.
+    fn next_batch(&self, key: &str) -> Option<Vec<Waiter>> {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        match in_flight.get_mut(key) {
+            Some(queued) if !queued.is_empty() => Some(std::mem::take(queued)),
+            _ => {
+                in_flight.remove(key);
+                None
+            }
+        }
+    }
+
+    /// One script call counting every check of `batch`, answered in their order.
+    async fn run_batch(self: &Arc<Self>, key: &str, gcra: Gcra, batch: Vec<Waiter>) {
+        let conn = self.conn.load_full().filter(|_| !self.breaker.is_open());
+        let (Some(conn), Some(deadline)) = (conn, batch.iter().map(|w| w.deadline).min()) else {
+            return answer_all(batch, Answer::Skipped);
+        };
+        let cells = u32::try_from(batch.len()).unwrap_or(u32::MAX);
+        let started = Instant::now();
+        let result = tokio::time::timeout_at(deadline, self.eval(&conn, key, gcra, cells)).await;
+        self.metrics
+            .backend_duration
+            .observe(started.elapsed().as_secs_f64());
+        trace!(
+            key_count = batch.len(),
+            ?result,
+            "rate-limit check in Redis"
+        );
+        match result {
+            Ok(Ok((allowed, wait_us))) => {
+                self.breaker.success();
+                let allowed = usize::try_from(allowed).unwrap_or(0);
+                let wait = Duration::from_micros(wait_us.max(1).unsigned_abs());
+                for (i, waiter) in batch.into_iter().enumerate() {
+                    let answer = if i < allowed {
+                        Answer::Allowed
+                    } else {
+                        Answer::Limited(wait)
+                    };
+                    let _ = waiter.tx.send(answer);
+                }
+            }
+            Ok(Err(e)) => {
+                self.failed(describe(&e));
+                answer_all(batch, Answer::Failed);
+            }
+            Err(_) => {
+                self.failed(format!("no answer within {:?}", self.timeout));
+                answer_all(batch, Answer::TimedOut);
+            }
+        }
+    }
+
+    /// One EVALSHA counting `cells` requests (a SCRIPT LOAD and a retry after NOSCRIPT: a
+    /// restart or SCRIPT FLUSH).
     async fn eval(
         &self,
         conn: &ConnectionManager,
-        policy: &str,
         key: &str,
         gcra: Gcra,
+        cells: u32,
     ) -> Result<(i64, i64), RedisError> {
         let t = gcra.emission_interval().as_micros();
         let tau = t.saturating_mul(u128::from(gcra.burst.saturating_sub(1)));
         let mut conn = conn.clone();
         self.script
-            .key(format!("{}{policy}:{key}", self.prefix))
+            .key(key)
             .arg(u64::try_from(t).unwrap_or(u64::MAX))
             .arg(u64::try_from(tau).unwrap_or(u64::MAX))
+            .arg(cells)
             .invoke_async(&mut conn)
             .await
     }
 
-    /// A failed check: counted, and the circuit opened (logged once) after enough of them.
-    fn failed(self: &Arc<Self>, outcome: BackendOutcome, reason: String) -> Verdict {
-        self.metrics.backend_request(outcome);
+    /// A failed call: the circuit opens (logged once) after enough of them in a row.
+    fn failed(self: &Arc<Self>, reason: String) {
         if self.breaker.failure() {
             self.metrics.rate_limit_degraded.set(1);
             warn!(redis = %self.shown_url, %reason, on_error = self.on_error.as_str(),
@@ -165,7 +264,6 @@ impl Shared {
         } else {
             debug!(%reason, "rate-limit check failed; on_error applies");
         }
-        Verdict::Unavailable
     }
 
     /// A fresh connection, with the script loaded (proves the password too).
@@ -265,5 +363,11 @@ fn describe(e: &RedisError) -> String {
         )
     } else {
         e.to_string()
+    }
+}
+
+fn answer_all(batch: Vec<Waiter>, answer: Answer) {
+    for waiter in batch {
+        let _ = waiter.tx.send(answer);
     }
 }
