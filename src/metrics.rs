@@ -73,7 +73,7 @@ pub struct Metrics {
     /// Keys held by each rate limiter (set when scraped).
     limiter_keys: Family<LimiterLabel, Gauge>,
     /// Rate-limit checks by what the shared backend did, in the order of [`BackendOutcome`].
-    backend_requests: [Counter; 6],
+    backend_requests: [Counter; 7],
     /// Time of each check that went to the shared backend (Redis).
     pub(crate) backend_duration: Histogram,
     /// 1 while the shared backend is skipped (circuit open, or not reached yet).
@@ -96,15 +96,18 @@ pub(crate) enum BackendOutcome {
     Skipped,
     /// Redis said over the limit a moment ago: answered locally, Redis not asked.
     FirstTier,
+    /// Allowed from cells this replica reserved in Redis a moment ago (large bursts only).
+    Reserved,
 }
 
-const BACKEND_OUTCOMES: [&str; 6] = [
+const BACKEND_OUTCOMES: [&str; 7] = [
     "allowed",
     "limited",
     "timeout",
     "error",
     "skipped",
     "first_tier",
+    "reserved",
 ];
 
 /// Bounds of `rate_limit_backend_duration_seconds`: a loopback or in-zone Redis answers in

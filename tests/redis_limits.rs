@@ -208,6 +208,42 @@ async fn concurrent_checks_of_one_key_share_round_trips_and_count_exactly() {
     );
 }
 
+/// A burst of 1024 or more: a call reserves 1/1024 of it, and the next checks of that key on
+/// this replica use those cells without a round trip (counted in Redis all the same);
+/// `reserve = false` counts each request in Redis.
+#[tokio::test]
+async fn a_large_burst_reserves_cells_and_reserve_false_counts_one_by_one() {
+    let Some(redis) = RedisServer::start(None) else {
+        return;
+    };
+    for reserve in [true, false] {
+        let url = redis.url();
+        let fleet = fleet(1, |c| {
+            use_redis(c, &url, OnError::Deny);
+            c.limits.redis.reserve = reserve;
+            c.limits.redis.key_prefix = format!("stp:{reserve}:");
+            c.limits.token_per_user = RateConfig::new(2048, PositiveDuration::secs(1), 2048);
+        })
+        .await;
+        let proxy = &fleet.proxies[0];
+        let mut clients = Clients::of(&fleet).await;
+        let token = fleet.key.sign(&claims("user_large"));
+        assert_eq!(clients.statuses(3, Some(&token)).await, [StatusCode::OK; 3]);
+        let calls = metric(
+            proxy,
+            "stream_token_proxy_rate_limit_backend_duration_seconds_count",
+        );
+        let reserved = metric(
+            proxy,
+            "stream_token_proxy_rate_limit_backend_requests_total{outcome=\"reserved\"}",
+        );
+        match reserve {
+            true => assert_eq!((calls, reserved), (1.0, 2.0), "one call for 3 requests"),
+            false => assert_eq!((calls, reserved), (3.0, 0.0), "one call per request"),
+        }
+    }
+}
+
 async fn fleet_per_ip(url: &str, burst: u32) -> Fleet {
     fleet(2, |c| {
         use_redis(c, url, OnError::Deny);

@@ -39,6 +39,10 @@ pub struct RedisConfig {
     pub circuit_backoff: PositiveDuration,
     /// The longest wait between probes.
     pub circuit_backoff_max: PositiveDuration,
+    /// A limit with a burst of 1024 or more reserves 1/1024 of it per call for a hot key, so
+    /// that key needs a round trip per that many requests (the fleet never exceeds the limit;
+    /// a replica may leave that many unused). `false`: every request is one count in Redis.
+    pub reserve: bool,
     /// From `REDIS_PASSWORD`, the `REDIS_URL` or `password_file`; never from TOML.
     #[serde(skip)]
     pub password: Option<Secret>,
@@ -58,6 +62,7 @@ impl Default for RedisConfig {
             circuit_failures: 3,
             circuit_backoff: PositiveDuration(Duration::from_millis(500)),
             circuit_backoff_max: PositiveDuration::secs(30),
+            reserve: true,
             password: None,
         }
     }

@@ -5,11 +5,14 @@
 //! back-off, on a fresh connection each time (so a connection stuck on a refused password or a
 //! dead peer is left behind). One log line per change of state.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
+use quick_cache::sync::{Cache, EntryAction, EntryResult};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, IntoConnectionInfo, RedisError, Script, TlsCertificates};
 use tokio::runtime::Handle;
@@ -20,6 +23,13 @@ use super::breaker::{Backoff, Breaker};
 use super::local::Gcra;
 use crate::config::{OnError, RedisConfig};
 use crate::metrics::{BackendOutcome, Metrics};
+
+thread_local! {
+    /// A worker thread's connection, for the backend (its address) and probe generation it
+    /// was made for.
+    static WORKER_CONN: RefCell<Option<((usize, u64), ConnectionManager)>> =
+        const { RefCell::new(None) };
+}
 
 /// What Redis said about one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,8 +62,14 @@ struct Shared {
     shown_url: String,
     breaker: Breaker,
     backoff: (Duration, Duration),
+    /// Bumped by each successful probe: the workers' connections are made again.
+    generation: AtomicU64,
+    /// `limits.redis.reserve`.
+    reserve: bool,
+    /// Cells reserved in Redis for a key, and until when they may be used.
+    reserved: Cache<String, (usize, Instant)>,
     /// Keys with a script call in flight, and the checks queued for the next one.
-    in_flight: Mutex<HashMap<String, Vec<Waiter>>>,
+    in_flight: Mutex<HashMap<String, InFlight>>,
     metrics: Arc<Metrics>,
     /// Where the probes run (the runtime `start` runs on, not a worker's).
     runtime: Handle,
@@ -80,6 +96,9 @@ impl RedisBackend {
             shown_url: config.url.to_string(),
             breaker: Breaker::new(config.circuit_failures),
             in_flight: Mutex::new(HashMap::new()),
+            reserve: config.reserve,
+            reserved: Cache::new(RESERVED_KEYS),
+            generation: AtomicU64::new(0),
             backoff: (config.circuit_backoff.0, config.circuit_backoff_max.0),
             metrics: metrics.clone(),
             runtime,
@@ -101,8 +120,8 @@ impl RedisBackend {
     }
 
     /// Counts one request for `policy`'s `key` in Redis. Concurrent checks of one key share
-    /// a round trip: while one is in flight the next ones queue, and go together as one
-    /// script call that counts each of them (so a hot key, such as the global limit, costs
+    /// round trips: while [`CALLS_PER_KEY`] calls are in flight the next checks queue, and go
+    /// together as one script call that counts each of them (so a hot key, such as the global limit, costs
     /// Redis one call per round trip, not one per request, and the count stays exact).
     pub(crate) async fn check(&self, policy: &str, key: &str, gcra: Gcra) -> Verdict {
         let shared = &self.shared;
@@ -113,6 +132,10 @@ impl RedisBackend {
         let deadline = tokio::time::Instant::now() + shared.timeout;
         let (tx, rx) = oneshot::channel();
         let key = format!("{}{policy}:{key}", shared.prefix);
+        if spare_cells(shared.reserve, gcra) > 0 && shared.take_reserved(&key) {
+            shared.metrics.backend_request(BackendOutcome::Reserved);
+            return Verdict::Allowed;
+        }
         if let Some(batch) = shared.join(&key, Waiter { tx, deadline }) {
             tokio::spawn(run_batches(shared.clone(), key, gcra, batch));
         }
@@ -133,6 +156,33 @@ impl RedisBackend {
 
 /// How late past its timeout a check may still take its batch's answer.
 const ANSWER_MARGIN: Duration = Duration::from_millis(5);
+
+/// Script calls one key may have in flight at once: more overlap the round trips (a check
+/// waits less for its turn), fewer share more checks per call.
+const CALLS_PER_KEY: usize = 4;
+
+/// A key's calls in flight and the checks waiting for the next free one.
+#[derive(Default)]
+struct InFlight {
+    calls: usize,
+    queued: Vec<Waiter>,
+}
+
+/// Keys with reserved cells held at once (only hot keys of large-burst limits have any).
+const RESERVED_KEYS: usize = 1024;
+
+/// How long reserved cells stay usable; unused ones are then lost (counted in Redis, never
+/// admitted: the fleet stays under the limit).
+const RESERVED_FOR: Duration = Duration::from_secs(1);
+
+/// Cells a call reserves beyond its checks: 1/1024 of the burst, so none for the bursts a
+/// per-user or per-IP limit has (counted exactly, one by one) and a few for a large one (a
+/// global ceiling of thousands a second), where a replica's hot key then needs a round trip
+/// per that many requests. At most that many per replica may go unused; the fleet never
+/// exceeds the limit.
+fn spare_cells(reserve: bool, gcra: Gcra) -> u32 {
+    if reserve { gcra.burst / 1024 } else { 0 }
+}
 
 /// One queued check.
 struct Waiter {
@@ -162,41 +212,44 @@ async fn run_batches(shared: Arc<Shared>, key: String, gcra: Gcra, mut batch: Ve
 }
 
 impl Shared {
-    /// Queues `waiter` behind the batch in flight for `key`; with none in flight, returns
-    /// the batch the caller must start.
+    /// Queues `waiter` for `key`'s next call; when a call may start now, returns the batch
+    /// the caller must start.
     fn join(&self, key: &str, waiter: Waiter) -> Option<Vec<Waiter>> {
         let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        match in_flight.get_mut(key) {
-            Some(queued) => {
-                queued.push(waiter);
-                None
-            }
-            None => {
-                in_flight.insert(key.to_string(), Vec::new());
-                Some(vec![waiter])
-            }
+        let state = in_flight.entry(key.to_string()).or_default();
+        if state.calls < CALLS_PER_KEY {
+            state.calls += 1;
+            return Some(vec![waiter]);
         }
+        state.queued.push(waiter);
+        None
     }
 
-    /// The checks that queued while `key`'s batch ran; `None` (and the key is free) if none.
+    /// The checks that queued while one of `key`'s calls ran; `None` (and that call's place
+    /// is free) if none.
     fn next_batch(&self, key: &str) -> Option<Vec<Waiter>> {
         let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        match in_flight.get_mut(key) {
-            Some(queued) if !queued.is_empty() => Some(std::mem::take(queued)),
-            _ => {
-                in_flight.remove(key);
-                None
-            }
+        let state = in_flight.get_mut(key)?;
+        if !state.queued.is_empty() {
+            return Some(std::mem::take(&mut state.queued));
         }
+        state.calls = state.calls.saturating_sub(1);
+        if state.calls == 0 {
+            in_flight.remove(key);
+        }
+        None
     }
 
     /// One script call counting every check of `batch`, answered in their order.
     async fn run_batch(self: &Arc<Self>, key: &str, gcra: Gcra, batch: Vec<Waiter>) {
-        let conn = self.conn.load_full().filter(|_| !self.breaker.is_open());
+        let conn = self.worker_conn().filter(|_| !self.breaker.is_open());
         let (Some(conn), Some(deadline)) = (conn, batch.iter().map(|w| w.deadline).min()) else {
             return answer_all(batch, Answer::Skipped);
         };
-        let cells = u32::try_from(batch.len()).unwrap_or(u32::MAX);
+        let spare = spare_cells(self.reserve, gcra);
+        let cells = u32::try_from(batch.len())
+            .unwrap_or(u32::MAX)
+            .saturating_add(spare);
         let started = Instant::now();
         let result = tokio::time::timeout_at(deadline, self.eval(&conn, key, gcra, cells)).await;
         self.metrics
@@ -212,6 +265,7 @@ impl Shared {
                 self.breaker.success();
                 let allowed = usize::try_from(allowed).unwrap_or(0);
                 let wait = Duration::from_micros(wait_us.max(1).unsigned_abs());
+                self.reserve(key, allowed.saturating_sub(batch.len()));
                 for (i, waiter) in batch.into_iter().enumerate() {
                     let answer = if i < allowed {
                         Answer::Allowed
@@ -229,6 +283,27 @@ impl Shared {
                 self.failed(format!("no answer within {:?}", self.timeout));
                 answer_all(batch, Answer::TimedOut);
             }
+        }
+    }
+
+    /// Takes one cell this replica reserved for `key`, if it holds one still fresh.
+    fn take_reserved(&self, key: &str) -> bool {
+        let now = Instant::now();
+        let taken = self.reserved.entry(key, None, |_, (cells, until)| {
+            if *cells == 0 || *until <= now {
+                return EntryAction::Remove;
+            }
+            *cells -= 1;
+            EntryAction::Retain(())
+        });
+        matches!(taken, EntryResult::Retained(()))
+    }
+
+    /// Keeps `cells` that Redis counted beyond the batch's checks, for [`RESERVED_FOR`].
+    fn reserve(&self, key: &str, cells: usize) {
+        if cells > 0 {
+            let until = Instant::now() + RESERVED_FOR;
+            self.reserved.insert(key.to_string(), (cells, until));
         }
     }
 
@@ -266,12 +341,44 @@ impl Shared {
         }
     }
 
-    /// A fresh connection, with the script loaded (proves the password too).
-    async fn connect(&self) -> Result<ConnectionManager, String> {
-        let config = ConnectionManagerConfig::new()
+    /// This worker thread's own connection (each worker runs its own runtime: a connection
+    /// driven there costs no hop to another thread per call). Made again, in the background,
+    /// after each successful probe, so none stays stuck on a dead peer or a refused password.
+    fn worker_conn(self: &Arc<Self>) -> Option<ConnectionManager> {
+        self.conn.load().as_ref()?;
+        let id = (
+            Arc::as_ptr(self) as usize,
+            self.generation.load(Ordering::Acquire),
+        );
+        WORKER_CONN.with(|slot| {
+            let mut slot = slot.borrow_mut();
+            if let Some((mine, conn)) = slot.as_ref()
+                && *mine == id
+            {
+                return Some(conn.clone());
+            }
+            let conn =
+                ConnectionManager::new_lazy_with_config(self.client.clone(), self.manager_config())
+                    .ok()?;
+            let mut warm = conn.clone();
+            tokio::spawn(async move {
+                let _: Result<(), RedisError> = redis::cmd("PING").query_async(&mut warm).await;
+            });
+            *slot = Some((id, conn.clone()));
+            Some(conn)
+        })
+    }
+
+    fn manager_config(&self) -> ConnectionManagerConfig {
+        ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(Some(self.connect_timeout))
-            .set_number_of_retries(0);
+            .set_number_of_retries(0)
+    }
+
+    /// A fresh connection, with the script loaded (proves the password too).
+    async fn connect(&self) -> Result<ConnectionManager, String> {
+        let config = self.manager_config();
         let attempt = async {
             let mut conn = ConnectionManager::new_lazy_with_config(self.client.clone(), config)?;
             self.script.load_async(&mut conn).await?;
@@ -305,6 +412,7 @@ async fn probe_until_up(shared: Weak<Shared>, at_start: bool) {
         match shared.connect().await {
             Ok(conn) => {
                 shared.conn.store(Some(Arc::new(conn)));
+                shared.generation.fetch_add(1, Ordering::AcqRel);
                 if shared.breaker.close() {
                     shared.metrics.rate_limit_degraded.set(0);
                     info!(redis = %shared.shown_url, "rate-limit backend answering: limits are fleet-wide");
