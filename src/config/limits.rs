@@ -145,7 +145,8 @@ impl PolicySpec {
         }
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// A policy configured elsewhere (a route's own) validates itself with this too.
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         if self.rate.requests > 0 && self.rate.burst() == 0 {
             return Err(ConfigError::invalid(format!(
                 "{}: burst must be at least 1 (or set requests = 0 to switch it off)",

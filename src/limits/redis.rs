@@ -1,9 +1,11 @@
-//! The shared backend: GCRA in Redis (`gcra.lua`), one round trip per check, on one
-//! multiplexed connection. A check waits at most `limits.redis.timeout`; a failed or late one
-//! reports `Unavailable` and the caller applies `on_error`. Connecting never happens on a
-//! request: a background probe connects (at start-up, and after the circuit opened), with
-//! back-off, on a fresh connection each time (so a connection stuck on a refused password or a
-//! dead peer is left behind). One log line per change of state.
+//! The shared backend: GCRA in Redis (`gcra.lua`), on Redis's clock, one script call per
+//! round trip. Each worker thread drives its own connection. Checks of one key that arrive
+//! together share calls (the script counts n requests at once); a limit with a large burst
+//! reserves a few cells per call for a hot key. A check waits at most `limits.redis.timeout`;
+//! a failed or late one reports `Unavailable` and the caller applies `on_error`. Connecting is
+//! never waited for on a request: a background probe connects (at start-up, and after the
+//! circuit opened), with back-off, on a fresh connection each time (so a connection stuck on a
+//! refused password or a dead peer is left behind). One log line per change of state.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
