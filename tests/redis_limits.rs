@@ -453,6 +453,61 @@ async fn script_flush_between_requests_is_harmless() {
     assert_eq!(metric(proxy, DEGRADED), 0.0);
 }
 
+/// `rediss://` through rustls: with `ca_file` naming the server's (self-signed) certificate
+/// the limits count in Redis; without it (the Mozilla roots) the server is not trusted, which
+/// is the failure mode, not a panic.
+#[tokio::test]
+async fn rediss_with_a_private_ca_counts_over_tls_and_an_untrusted_server_is_the_failure_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let Some(redis) = RedisServer::start_tls(cert_path.clone(), key_path) else {
+        return;
+    };
+    let url = format!("rediss://localhost:{}", redis.port);
+    let fleet = fleet(1, |c| {
+        use_redis(c, &url, OnError::Deny);
+        c.limits.redis.ca_file = Some(cert_path.clone());
+        c.limits.token_per_user = per_minute(2);
+    })
+    .await;
+    let mut clients = Clients::of(&fleet).await;
+    let token = fleet.key.sign(&claims("user_tls"));
+    let statuses = clients.statuses(3, Some(&token)).await;
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::TOO_MANY_REQUESTS
+        ]
+    );
+
+    let untrusted = TestProxy::start(&fleet._upstream.url(), |c| {
+        use_pem(c, &fleet.key.public_pem);
+        use_redis(c, &url, OnError::Deny);
+        c.limits.token_per_user = per_minute(2);
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(metric(&untrusted, DEGRADED), 1.0, "never connected");
+    let mut sender = untrusted.client().h2_conn().await;
+    let response = send_h2(
+        &mut sender,
+        token_request(Some(&token)).body(empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(
+        response.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "on_error = deny"
+    );
+}
+
 const RIGHT: &str = "right-redis-password-canary-41c7";
 const WRONG: &str = "wrong-redis-password-canary-9e2b";
 

@@ -17,12 +17,23 @@ pub struct RedisServer {
     child: Option<ChildGuard>,
     pub port: u16,
     password: Option<String>,
+    /// `rediss://` only: the certificate and key it serves (then `command` cannot talk to it).
+    tls: Option<(PathBuf, PathBuf)>,
     dir: tempfile::TempDir,
 }
 
 impl RedisServer {
     /// A running server, or `None` where the test may skip (see [`require_tool`]).
     pub fn start(password: Option<&str>) -> Option<Self> {
+        Self::start_with(password, None)
+    }
+
+    /// A server speaking only TLS on its port, with this certificate and key.
+    pub fn start_tls(cert: PathBuf, key: PathBuf) -> Option<Self> {
+        Self::start_with(None, Some((cert, key)))
+    }
+
+    fn start_with(password: Option<&str>, tls: Option<(PathBuf, PathBuf)>) -> Option<Self> {
         let binary = require_tool(
             "redis-server",
             "`bash .ci/run` installs it, or run `apt-get install -y redis-server`",
@@ -32,6 +43,7 @@ impl RedisServer {
             child: None,
             port: free_port(),
             password: password.map(String::from),
+            tls,
             dir: tempfile::tempdir().expect("temp dir"),
         };
         server.run();
@@ -40,8 +52,25 @@ impl RedisServer {
 
     fn run(&mut self) {
         let mut command = Command::new(&self.binary);
+        let port = self.port.to_string();
+        match &self.tls {
+            None => command.args(["--port", &port]),
+            Some((cert, key)) => command
+                .args([
+                    "--port",
+                    "0",
+                    "--tls-port",
+                    &port,
+                    "--tls-auth-clients",
+                    "no",
+                ])
+                .arg("--tls-cert-file")
+                .arg(cert)
+                .arg("--tls-key-file")
+                .arg(key),
+        };
         command
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
             .args(["--protected-mode", "no", "--loglevel", "warning"])
             .current_dir(self.dir.path())
@@ -53,9 +82,16 @@ impl RedisServer {
         }
         self.child = Some(ChildGuard(command.spawn().expect("redis-server runs")));
         let deadline = Instant::now() + STEP;
-        while self.try_command(&["PING"]).is_err() {
+        while !self.answers() {
             assert!(Instant::now() < deadline, "redis-server never answered");
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn answers(&self) -> bool {
+        match self.tls {
+            Some(_) => TcpStream::connect(("127.0.0.1", self.port)).is_ok(),
+            None => self.try_command(&["PING"]).is_ok(),
         }
     }
 
