@@ -8,9 +8,11 @@
 //! `redis` counts in Redis for the whole fleet (`redis.rs`, a GCRA script), with a local first
 //! tier in front (a key Redis just refused is refused here until its retry time, without
 //! asking again) and `on_error` behind (local counting with the quota divided by
-//! `replicas_hint`, allow, or deny) while Redis cannot answer (`breaker.rs`). The client
+//! `replicas_hint`, allow, or deny) while Redis cannot answer (`breaker.rs`); hot keys share
+//! calls and large bursts reserve cells (`batch.rs`). The client
 //! address behind trusted proxies is `client_ip.rs`.
 
+mod batch;
 mod breaker;
 mod client_ip;
 mod local;

@@ -8,19 +8,18 @@
 //! refused password or a dead peer is left behind). One log line per change of state.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
-use quick_cache::sync::{Cache, EntryAction, EntryResult};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, IntoConnectionInfo, RedisError, Script, TlsCertificates};
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 use tracing::{debug, info, trace, warn};
 
+use super::batch::{Answer, Batches, Reserved, Waiter, answer_all};
 use super::breaker::{Backoff, Breaker};
 use super::local::Gcra;
 use crate::config::{OnError, RedisConfig};
@@ -66,12 +65,10 @@ struct Shared {
     backoff: (Duration, Duration),
     /// Bumped by each successful probe: the workers' connections are made again.
     generation: AtomicU64,
-    /// `limits.redis.reserve`.
-    reserve: bool,
-    /// Cells reserved in Redis for a key, and until when they may be used.
-    reserved: Cache<String, (usize, Instant)>,
-    /// Keys with a script call in flight, and the checks queued for the next one.
-    in_flight: Mutex<HashMap<String, InFlight>>,
+    /// Cells reserved in Redis for hot keys of large-burst limits.
+    reserved: Reserved,
+    /// Keys with script calls in flight, and the checks queued for them.
+    batches: Batches,
     metrics: Arc<Metrics>,
     /// Where the probes run (the runtime `start` runs on, not a worker's).
     runtime: Handle,
@@ -97,9 +94,8 @@ impl RedisBackend {
             on_error: config.on_error,
             shown_url: config.url.to_string(),
             breaker: Breaker::new(config.circuit_failures),
-            in_flight: Mutex::new(HashMap::new()),
-            reserve: config.reserve,
-            reserved: Cache::new(RESERVED_KEYS),
+            batches: Batches::default(),
+            reserved: Reserved::new(config.reserve),
             generation: AtomicU64::new(0),
             backoff: (config.circuit_backoff.0, config.circuit_backoff_max.0),
             metrics: metrics.clone(),
@@ -134,11 +130,11 @@ impl RedisBackend {
         let deadline = tokio::time::Instant::now() + shared.timeout;
         let (tx, rx) = oneshot::channel();
         let key = format!("{}{policy}:{key}", shared.prefix);
-        if spare_cells(shared.reserve, gcra) > 0 && shared.take_reserved(&key) {
+        if shared.reserved.take(&key, gcra) {
             shared.metrics.backend_request(BackendOutcome::Reserved);
             return Verdict::Allowed;
         }
-        if let Some(batch) = shared.join(&key, Waiter { tx, deadline }) {
+        if let Some(batch) = shared.batches.join(&key, Waiter { tx, deadline }) {
             tokio::spawn(run_batches(shared.clone(), key, gcra, batch));
         }
         // The batch answers by the earliest deadline among its checks; the margin only
@@ -159,54 +155,11 @@ impl RedisBackend {
 /// How late past its timeout a check may still take its batch's answer.
 const ANSWER_MARGIN: Duration = Duration::from_millis(5);
 
-/// Script calls one key may have in flight at once: more overlap the round trips (a check
-/// waits less for its turn), fewer share more checks per call.
-const CALLS_PER_KEY: usize = 4;
-
-/// A key's calls in flight and the checks waiting for the next free one.
-#[derive(Default)]
-struct InFlight {
-    calls: usize,
-    queued: Vec<Waiter>,
-}
-
-/// Keys with reserved cells held at once (only hot keys of large-burst limits have any).
-const RESERVED_KEYS: usize = 1024;
-
-/// How long reserved cells stay usable; unused ones are then lost (counted in Redis, never
-/// admitted: the fleet stays under the limit).
-const RESERVED_FOR: Duration = Duration::from_secs(1);
-
-/// Cells a call reserves beyond its checks: 1/1024 of the burst, so none for the bursts a
-/// per-user or per-IP limit has (counted exactly, one by one) and a few for a large one (a
-/// global ceiling of thousands a second), where a replica's hot key then needs a round trip
-/// per that many requests. At most that many per replica may go unused; the fleet never
-/// exceeds the limit.
-fn spare_cells(reserve: bool, gcra: Gcra) -> u32 {
-    if reserve { gcra.burst / 1024 } else { 0 }
-}
-
-/// One queued check.
-struct Waiter {
-    tx: oneshot::Sender<Answer>,
-    deadline: tokio::time::Instant,
-}
-
-/// What a batch tells each of its checks.
-#[derive(Debug, Clone, Copy)]
-enum Answer {
-    Allowed,
-    Limited(Duration),
-    Failed,
-    TimedOut,
-    Skipped,
-}
-
 /// Runs `batch` for `key`, then whatever queued for it meanwhile, until nothing did.
 async fn run_batches(shared: Arc<Shared>, key: String, gcra: Gcra, mut batch: Vec<Waiter>) {
     loop {
         shared.run_batch(&key, gcra, batch).await;
-        match shared.next_batch(&key) {
+        match shared.batches.next(&key) {
             Some(next) => batch = next,
             None => return,
         }
@@ -214,41 +167,13 @@ async fn run_batches(shared: Arc<Shared>, key: String, gcra: Gcra, mut batch: Ve
 }
 
 impl Shared {
-    /// Queues `waiter` for `key`'s next call; when a call may start now, returns the batch
-    /// the caller must start.
-    fn join(&self, key: &str, waiter: Waiter) -> Option<Vec<Waiter>> {
-        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        let state = in_flight.entry(key.to_string()).or_default();
-        if state.calls < CALLS_PER_KEY {
-            state.calls += 1;
-            return Some(vec![waiter]);
-        }
-        state.queued.push(waiter);
-        None
-    }
-
-    /// The checks that queued while one of `key`'s calls ran; `None` (and that call's place
-    /// is free) if none.
-    fn next_batch(&self, key: &str) -> Option<Vec<Waiter>> {
-        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        let state = in_flight.get_mut(key)?;
-        if !state.queued.is_empty() {
-            return Some(std::mem::take(&mut state.queued));
-        }
-        state.calls = state.calls.saturating_sub(1);
-        if state.calls == 0 {
-            in_flight.remove(key);
-        }
-        None
-    }
-
     /// One script call counting every check of `batch`, answered in their order.
     async fn run_batch(self: &Arc<Self>, key: &str, gcra: Gcra, batch: Vec<Waiter>) {
         let conn = self.worker_conn().filter(|_| !self.breaker.is_open());
         let (Some(conn), Some(deadline)) = (conn, batch.iter().map(|w| w.deadline).min()) else {
             return answer_all(batch, Answer::Skipped);
         };
-        let spare = spare_cells(self.reserve, gcra);
+        let spare = self.reserved.spare(gcra);
         let cells = u32::try_from(batch.len())
             .unwrap_or(u32::MAX)
             .saturating_add(spare);
@@ -267,7 +192,7 @@ impl Shared {
                 self.breaker.success();
                 let allowed = usize::try_from(allowed).unwrap_or(0);
                 let wait = Duration::from_micros(wait_us.max(1).unsigned_abs());
-                self.reserve(key, allowed.saturating_sub(batch.len()));
+                self.reserved.keep(key, allowed.saturating_sub(batch.len()));
                 for (i, waiter) in batch.into_iter().enumerate() {
                     let answer = if i < allowed {
                         Answer::Allowed
@@ -285,27 +210,6 @@ impl Shared {
                 self.failed(format!("no answer within {:?}", self.timeout));
                 answer_all(batch, Answer::TimedOut);
             }
-        }
-    }
-
-    /// Takes one cell this replica reserved for `key`, if it holds one still fresh.
-    fn take_reserved(&self, key: &str) -> bool {
-        let now = Instant::now();
-        let taken = self.reserved.entry(key, None, |_, (cells, until)| {
-            if *cells == 0 || *until <= now {
-                return EntryAction::Remove;
-            }
-            *cells -= 1;
-            EntryAction::Retain(())
-        });
-        matches!(taken, EntryResult::Retained(()))
-    }
-
-    /// Keeps `cells` that Redis counted beyond the batch's checks, for [`RESERVED_FOR`].
-    fn reserve(&self, key: &str, cells: usize) {
-        if cells > 0 {
-            let until = Instant::now() + RESERVED_FOR;
-            self.reserved.insert(key.to_string(), (cells, until));
         }
     }
 
@@ -473,11 +377,5 @@ fn describe(e: &RedisError) -> String {
         )
     } else {
         e.to_string()
-    }
-}
-
-fn answer_all(batch: Vec<Waiter>, answer: Answer) {
-    for waiter in batch {
-        let _ = waiter.tx.send(answer);
     }
 }
