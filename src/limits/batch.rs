@@ -6,10 +6,11 @@
 //! limit; unused cells are lost, never admitted).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use quick_cache::sync::{Cache, EntryAction, EntryResult};
+use quick_cache::sync::Cache;
 use tokio::sync::oneshot;
 
 use super::local::Gcra;
@@ -93,7 +94,14 @@ const RESERVED_FOR: Duration = Duration::from_secs(1);
 /// Cells reserved in Redis per key (`limits.redis.reserve`), and until when.
 pub(super) struct Reserved {
     enabled: bool,
-    cells: Cache<String, (usize, Instant)>,
+    cells: Cache<String, Arc<Cells>>,
+}
+
+/// One key's reserved cells: taken with an atomic decrement under the cache's read lock, so
+/// the workers spending a hot key's cells never wait on each other.
+struct Cells {
+    left: AtomicUsize,
+    until: Instant,
 }
 
 impl Reserved {
@@ -117,22 +125,24 @@ impl Reserved {
         if self.spare(gcra) == 0 {
             return false;
         }
-        let now = Instant::now();
-        let taken = self.cells.entry(key, None, |_, (cells, until)| {
-            if *cells == 0 || *until <= now {
-                return EntryAction::Remove;
-            }
-            *cells -= 1;
-            EntryAction::Retain(())
-        });
-        matches!(taken, EntryResult::Retained(()))
+        let Some(cells) = self.cells.get(key) else {
+            return false;
+        };
+        cells.until > Instant::now()
+            && cells
+                .left
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                .is_ok()
     }
 
     /// Keeps `cells` that Redis counted beyond a call's checks, for [`RESERVED_FOR`].
     pub(super) fn keep(&self, key: &str, cells: usize) {
         if cells > 0 {
-            let until = Instant::now() + RESERVED_FOR;
-            self.cells.insert(key.to_string(), (cells, until));
+            let cells = Cells {
+                left: AtomicUsize::new(cells),
+                until: Instant::now() + RESERVED_FOR,
+            };
+            self.cells.insert(key.to_string(), Arc::new(cells));
         }
     }
 }
