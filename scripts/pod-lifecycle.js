@@ -357,7 +357,7 @@ class H1Client {
       this.open = false;
       // Never processed: a kept-alive connection the server closed as this request went out.
       if (!retried && e.reused && !e.answered && ['ECONNRESET', 'EPIPE'].includes(e.code)) {
-        return this.send(kind, `h1 ${e.code} on a reused keep-alive connection, nothing received`);
+        return this.send(kind, `h1 ${e.code} on a reused keep-alive connection, nothing received, from a pod ${pod.phase()}`);
       }
       record(kind, pod, 'h1', e.code || e.message, retried);
     }
@@ -426,7 +426,10 @@ class H2Client {
       record(kind, pod, 'h2', check(kind, r.status, r.body), retried);
     } catch (e) {
       if (e.notSent && attempts < 3) { this.goaway = true; return this.send(kind, retried, attempts + 1); }
-      if (!retried && e.refused) { this.goaway = true; return this.send(kind, 'h2 stream refused (GOAWAY), never processed'); }
+      if (!retried && e.refused) {
+        this.goaway = true;
+        return this.send(kind, `h2 stream refused (GOAWAY), never processed, from a pod ${pod.phase()}`);
+      }
       record(kind, pod, 'h2', e.code || e.message, retried);
     }
   }
