@@ -474,7 +474,13 @@ async function rotation() {
 function proc() {
   const status = fs.readFileSync(`/proc/${PID}/status`, 'utf8');
   const kib = (k) => Number((new RegExp(`^${k}:\\s+(\\d+)`, 'm').exec(status) || [])[1]);
-  return { rss: kib('VmRSS'), hwm: kib('VmHWM'), fds: fs.readdirSync(`/proc/${PID}/fd`).length };
+  // RssAnon is the heap (mimalloc's segments, stacks); RssFile mostly the binary's own pages,
+  // which the kernel maps in as they are used (and as other processes running the same binary
+  // warm the page cache): a leak shows in RssAnon.
+  return {
+    rss: kib('VmRSS'), hwm: kib('VmHWM'), anon: kib('RssAnon'), file: kib('RssFile'),
+    fds: fs.readdirSync(`/proc/${PID}/fd`).length,
+  };
 }
 function metrics() {
   return new Promise((resolve) => {
@@ -495,7 +501,7 @@ async function sample() {
   const text = await metrics();
   const row = {
     t: Math.round(elapsed()),
-    rss_kib: p.rss, hwm_kib: p.hwm, fds: p.fds,
+    rss_kib: p.rss, hwm_kib: p.hwm, anon_kib: p.anon, file_kib: p.file, fds: p.fds,
     open_connections: metric(text, 'open_connections'),
     open_tunnels: metric(text, 'open_tunnels'),
     requests: sum(interval.ok), errors: sum(interval.errors), cutoffs: sum(interval.expected),
@@ -505,7 +511,8 @@ async function sample() {
   samples.push(row);
   interval = { ok: {}, expected: {}, errors: {} };
   console.log(
-    `${String(Math.round(row.t / 60)).padStart(3)} min  RSS ${(row.rss_kib / 1024).toFixed(1)} MiB  ` +
+    `${String(Math.round(row.t / 60)).padStart(3)} min  RSS ${(row.rss_kib / 1024).toFixed(1)} MiB ` +
+    `(anon ${(row.anon_kib / 1024).toFixed(1)}, file ${(row.file_kib / 1024).toFixed(1)})  ` +
     `fds ${row.fds}  open_connections ${row.open_connections}  requests ${row.requests}  ` +
     `errors ${row.errors}  cut-offs ${row.cutoffs}`);
   return text;
@@ -520,13 +527,14 @@ function report(finalMetrics) {
     return v.length ? Math.max(...v) - Math.min(...v) : NaN;
   };
   const rssSpan = span('rss_kib');
+  const anonSpan = span('anon_kib');
   const fdSpan = span('fds');
   const errors = sum(total.errors);
   const lines = [];
-  lines.push(`| minute | RSS MiB | peak RSS MiB | fds | open connections | requests | errors | slowloris cut-offs | SIGHUPs | rotations |`);
-  lines.push(`| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |`);
+  lines.push(`| minute | RSS MiB | RssAnon | RssFile | peak RSS | fds | open connections | requests | errors | slowloris cut-offs | SIGHUPs | rotations |`);
+  lines.push(`| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |`);
   for (const s of samples) {
-    lines.push(`| ${(s.t / 60).toFixed(0)} | ${mib(s.rss_kib)} | ${mib(s.hwm_kib)} | ${s.fds} | ${s.open_connections} | ` +
+    lines.push(`| ${(s.t / 60).toFixed(0)} | ${mib(s.rss_kib)} | ${mib(s.anon_kib)} | ${mib(s.file_kib)} | ${mib(s.hwm_kib)} | ${s.fds} | ${s.open_connections} | ` +
       `${s.requests} | ${s.errors} | ${s.cutoffs} | ${s.sighups} | ${s.rotations} |`);
   }
   const reloads = (finalMetrics.match(/^stream_token_proxy_reloads_total\{[^}]*\} \S+/gm) || []).join('; ');
@@ -546,7 +554,7 @@ function report(finalMetrics) {
     `Errors: ${errors}${errors ? ` (${Object.entries(total.errors).map(([k, v]) => `${k} ${v}`).join(', ')})` : ''}.`,
     `Proxy counters at the end: ${reloads}; tls_handshake_failures_total ${handshakeFailures}.`,
     `After warm-up: RSS ${mib(Math.min(...after.map((s) => s.rss_kib)))}-${mib(Math.max(...after.map((s) => s.rss_kib)))} MiB ` +
-      `(spread ${mib(rssSpan)} MiB, target <= 2 MiB), fds ${Math.min(...after.map((s) => s.fds))}-${Math.max(...after.map((s) => s.fds))} ` +
+      `(spread ${mib(rssSpan)} MiB, target <= 2 MiB; RssAnon spread ${mib(anonSpan)} MiB), fds ${Math.min(...after.map((s) => s.fds))}-${Math.max(...after.map((s) => s.fds))} ` +
       `(spread ${fdSpan}, target <= 16): ${pass ? 'PASS' : 'FAIL'}.`,
   ].join('\n');
   fs.writeFileSync(path.join(OUT, 'soak.md'), md + '\n');
@@ -583,7 +591,10 @@ function chart() {
     });
     return out.join('\n');
   };
-  for (const s of samples) s.rss_mib = s.rss_kib / 1024;
+  for (const s of samples) {
+    s.rss_mib = s.rss_kib / 1024;
+    s.anon_mib = s.anon_kib / 1024;
+  }
   const top2 = T + H + gap;
   const ticks = [];
   for (let m = 0; m * 60 <= tMax; m += Math.max(1, Math.round(tMax / 60 / 10))) {
@@ -592,7 +603,10 @@ function chart() {
   return [
     `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${top2 + H + 40}" font-family="sans-serif">`,
     `<rect width="100%" height="100%" fill="white"/>`,
-    panel(T, 'proxy RSS (MiB); grey: warm-up', [{ key: 'rss_mib', label: 'RSS MiB', color: '#c0392b' }]),
+    panel(T, 'proxy RSS (MiB); grey: warm-up', [
+      { key: 'rss_mib', label: 'RSS', color: '#c0392b' },
+      { key: 'anon_mib', label: 'RssAnon (heap)', color: '#8e44ad' },
+    ]),
     panel(top2, 'open fds and open connections', [
       { key: 'fds', label: 'open fds', color: '#2c3e50' },
       { key: 'open_connections', label: 'open_connections', color: '#27ae60' },
