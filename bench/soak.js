@@ -73,6 +73,12 @@ if (args['rotate-only']) {
   console.log(rotate(args['rotate-only'], 0));
   process.exit(0);
 }
+// node bench/soak.js --chart OUT/samples.json --duration 30m --warmup 5m > chart.svg
+if (args.chart) {
+  const saved = JSON.parse(fs.readFileSync(args.chart, 'utf8')).samples;
+  process.stdout.write(chart(saved, seconds(args.duration || '30m'), seconds(args.warmup || '5m')));
+  process.exit(0);
+}
 
 const WORK = args.work;
 const OUT = args.out;
@@ -559,18 +565,20 @@ function report(finalMetrics) {
   ].join('\n');
   fs.writeFileSync(path.join(OUT, 'soak.md'), md + '\n');
   fs.writeFileSync(path.join(OUT, 'samples.json'), JSON.stringify({ samples, total, rotationLag }, null, 1));
-  fs.writeFileSync(path.join(OUT, 'soak.svg'), chart());
+  fs.writeFileSync(path.join(OUT, 'soak.svg'), chart(samples, DURATION, WARMUP));
   console.log('\n' + md + `\n\nchart: ${path.join(OUT, 'soak.svg')}`);
   return pass;
 }
 
 // A small SVG: RSS (MiB) on top, fds and open connections below, the warm-up shaded.
-function chart() {
+function chart(samples, DURATION, WARMUP) {
   const W = 760, H = 200, L = 60, R = 20, T = 24, gap = 40;
   const tMax = Math.max(DURATION, ...samples.map((s) => s.t));
   const x = (t) => L + ((W - L - R) * t) / tMax;
   const panel = (top, title, series) => {
-    const all = series.flatMap((s) => samples.map((p) => p[s.key]).filter((v) => v !== null));
+    const has = (p, key) => typeof p[key] === 'number' && !Number.isNaN(p[key]);
+    series = series.filter((s) => samples.some((p) => has(p, s.key)));
+    const all = series.flatMap((s) => samples.filter((p) => has(p, s.key)).map((p) => p[s.key]));
     let lo = Math.min(...all), hi = Math.max(...all);
     if (hi - lo < 4) { lo -= 2; hi += 2; }
     const y = (v) => top + H - (H * (v - lo)) / (hi - lo);
@@ -585,15 +593,16 @@ function chart() {
       out.push(`<line x1="${L}" x2="${W - R}" y1="${y(v)}" y2="${y(v)}" stroke="#ddd"/>`);
     }
     series.forEach((s, i) => {
-      const pts = samples.filter((p) => p[s.key] !== null).map((p) => `${x(p.t).toFixed(1)},${y(p[s.key]).toFixed(1)}`);
+      const pts = samples.filter((p) => has(p, s.key)).map((p) => `${x(p.t).toFixed(1)},${y(p[s.key]).toFixed(1)}`);
       out.push(`<polyline fill="none" stroke="${s.color}" stroke-width="2" points="${pts.join(' ')}"/>`);
-      out.push(`<text x="${W - R - 6}" y="${top + 16 + 14 * i}" font-size="12" fill="${s.color}" text-anchor="end">${s.label}</text>`);
+      // The legend sits above the panel, right-aligned, one entry after the other.
+      out.push(`<text x="${W - R - 150 * i}" y="${top - 6}" font-size="12" fill="${s.color}" text-anchor="end">${s.label}</text>`);
     });
     return out.join('\n');
   };
   for (const s of samples) {
     s.rss_mib = s.rss_kib / 1024;
-    s.anon_mib = s.anon_kib / 1024;
+    if (s.anon_kib !== undefined) s.anon_mib = s.anon_kib / 1024;
   }
   const top2 = T + H + gap;
   const ticks = [];

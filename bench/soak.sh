@@ -21,7 +21,9 @@
 # Env: DURATION, WARMUP (default 5m: excluded from the flatness check), TOKEN_RATE (40/s),
 #      SIGHUP_EVERY (30s), ROTATE_EVERY (2m), SAMPLE_EVERY (1m), OUT (default
 #      bench/results/soak-<date>), PORT_BASE (18520: proxy, +1 admin, +2 Node).
-# Output: OUT/soak.md (table and verdict), OUT/soak.svg (chart), OUT/samples.json, logs.
+# Output: OUT/soak.md (table and verdict), OUT/soak.svg (chart; soak.png too with rsvg-convert),
+# OUT/samples.json, logs. `node bench/soak.js --chart OUT/samples.json --duration D --warmup W`
+# redraws the chart.
 # Targets: 0 errors other than slowloris cut-offs; after WARMUP, RSS within 2 MiB and the fd count
 # within 16 (max - min over the samples). Exit status 1 when a target is missed.
 set -euo pipefail
@@ -111,4 +113,8 @@ node "$ROOT/bench/soak.js" \
   --sighup-every "${SIGHUP_EVERY:-30s}" --rotate-every "${ROTATE_EVERY:-2m}" \
   --sample-every "${SAMPLE_EVERY:-1m}" || status=$?
 kill -0 "$proxy" 2>/dev/null || { echo "the proxy died during the soak"; status=1; }
+# A PNG beside the SVG where librsvg's converter is installed (Debian: librsvg2-bin).
+if [ -f "$OUT/soak.svg" ] && command -v rsvg-convert >/dev/null; then
+  rsvg-convert "$OUT/soak.svg" -o "$OUT/soak.png" && echo "chart: $OUT/soak.png"
+fi
 exit $status
