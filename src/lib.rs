@@ -64,6 +64,7 @@ use crate::metrics::Metrics;
 use crate::ops::admin::AdminState;
 use crate::ops::reload::Reloader;
 use crate::routes::Shared;
+use crate::routes::table::RouteTable;
 use crate::stream_token::StreamMinter;
 use crate::tls::{CertStore, TlsError};
 
@@ -155,7 +156,8 @@ pub async fn start(mut config: Config) -> Result<ProxyHandle, StartError> {
     if config.dev {
         dev_profile::prepare(&mut config)?;
     }
-    let metrics = Arc::new(Metrics::new());
+    let table = RouteTable::new(&config.routes);
+    let metrics = Arc::new(Metrics::with_routes(table.names()));
     let certs = match config.tls.enabled {
         true => {
             let (cert, key) = config.tls_paths();
@@ -166,7 +168,7 @@ pub async fn start(mut config: Config) -> Result<ProxyHandle, StartError> {
     let keys = Arc::new(key_store(&config, metrics.clone())?);
     let minter = Arc::new(StreamMinter::new(&config.stream, &stream_secret(&config)?));
     let limits = Arc::new(Limits::new(&config.limits));
-    let shared = Shared::new(&config, &keys, &minter, &limits, &metrics);
+    let shared = Shared::new(&config, table, &keys, &minter, &limits, &metrics);
     let listeners = server::Listeners::bind(&config).await?;
     let admin = Arc::new(AdminState::new(&metrics, &keys, &limits, &certs));
     let reloader = Arc::new(Reloader::new(

@@ -10,6 +10,7 @@ mod cors;
 mod env;
 mod limits;
 mod ops;
+mod routes;
 mod server;
 mod stream;
 mod types;
@@ -25,6 +26,7 @@ pub use cors::CorsConfig;
 pub use env::{ENV_OVERRIDES, EnvOverride, env_help};
 pub use limits::{ForwardLimit, LimitsConfig, RateConfig};
 pub use ops::{AdminConfig, LogConfig, LogFormat, LogLevel};
+pub use routes::{AuthMode, IdentityConfig, RouteConfig};
 pub use server::{ServerConfig, TlsConfig};
 pub use stream::{StreamConfig, read_secret_file};
 use types::any_duration;
@@ -92,6 +94,11 @@ pub struct Config {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub admin: AdminConfig,
+    /// The route table (`[[routes]]`): forwarded paths that need a verified session.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    #[serde(default)]
+    pub identity: IdentityConfig,
     /// Directory that relative paths in the file are resolved against (the file's own folder).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -140,6 +147,7 @@ impl Config {
         self.stream.validate(self.dev)?;
         self.limits.validate()?;
         self.cors.validate()?;
+        routes::validate_routes(&self.routes)?;
         let listen = self.server.listen;
         if self.auth.trusts_dev_keys()
             && !listen.ip().is_loopback()

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
@@ -84,12 +84,17 @@ impl Forwarder {
         mut request: Request<Incoming>,
         conn: ClientConn,
         slot: Arc<ConnectionSlot>,
+        identity: &[(HeaderName, HeaderValue)],
     ) -> Result<Forwarded, ProxyError> {
         let upgrade = requested_upgrade(&request);
         refuse_unforwardable(&request, upgrade.is_some())?;
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();
         self.rewrite_for_upstream(&mut parts, upgrade.as_ref(), conn)?;
+        // After the client's copies of these names were removed (`remove_request_headers`).
+        for (name, value) in identity {
+            parts.headers.insert(name.clone(), value.clone());
+        }
 
         let started = Instant::now();
         let mut response = if body.is_end_stream() {

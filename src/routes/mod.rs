@@ -7,7 +7,9 @@
 pub(crate) mod body;
 mod cors;
 pub(crate) mod path;
+mod protected;
 mod request_id;
+pub(crate) mod table;
 pub(crate) mod token;
 
 use std::convert::Infallible;
@@ -21,7 +23,7 @@ use hyper::body::Incoming;
 use tracing::{info, warn};
 
 use crate::auth::{KeyStore, Verifier};
-use crate::config::{Config, ForwardingConfig, UpstreamConfig};
+use crate::config::{Config, ForwardingConfig, IdentityConfig, UpstreamConfig};
 use crate::connection::{ClientConn, ConnectionSlot};
 use crate::error::{Fault, ProxyError};
 use crate::forward::Forwarder;
@@ -30,7 +32,9 @@ use crate::metrics::{Metrics, ROUTES};
 use crate::ops::access_log::{AccessEntry, LoggedBody};
 use crate::routes::body::ProxyBody;
 use crate::routes::path::{AmbiguousPath, RoutePath};
+use crate::routes::protected::IdentityHeaders;
 use crate::routes::request_id::{RequestIds, X_REQUEST_ID};
+use crate::routes::table::RouteTable;
 use crate::routes::token::{TOKEN_PATH, TokenRoute};
 use crate::stream_token::StreamMinter;
 
@@ -45,6 +49,11 @@ pub(crate) struct App {
 /// What every worker's [`App`] shares.
 pub(crate) struct Shared {
     token: TokenRoute,
+    table: RouteTable,
+    /// The headers that hand Node the verified identity.
+    identity: IdentityConfig,
+    /// `auth.session_cookie`: Clerk's `__session` cookie counts as credentials.
+    session_cookie: bool,
     limits: Arc<Limits>,
     metrics: Arc<Metrics>,
     request_ids: RequestIds,
@@ -60,12 +69,24 @@ impl Shared {
 
     pub(crate) fn new(
         config: &Config,
+        table: RouteTable,
         keys: &Arc<KeyStore>,
         minter: &Arc<StreamMinter>,
         limits: &Arc<Limits>,
         metrics: &Arc<Metrics>,
     ) -> Arc<Self> {
-        let verifier = Verifier::new(&config.auth, keys.clone());
+        let mut verifier = Verifier::new(&config.auth, keys.clone());
+        if config.identity.claims_header.is_some() && !table.is_empty() {
+            verifier = verifier.keeping_claims();
+        }
+        // Anti-spoofing: whatever the route, a client's copies of the identity headers never
+        // reach Node.
+        let mut forwarding = config.forwarding.clone();
+        for name in config.identity.header_names() {
+            if !forwarding.remove_request_headers.contains(name) {
+                forwarding.remove_request_headers.push(name.clone());
+            }
+        }
         Arc::new(Self {
             token: TokenRoute::new(
                 config,
@@ -74,11 +95,14 @@ impl Shared {
                 limits.clone(),
                 metrics.clone(),
             ),
+            table,
+            identity: config.identity.clone(),
+            session_cookie: config.auth.session_cookie,
             limits: limits.clone(),
             metrics: metrics.clone(),
             request_ids: RequestIds::default(),
             upstream: config.upstream.clone(),
-            forwarding: config.forwarding.clone(),
+            forwarding,
         })
     }
 }
@@ -104,24 +128,25 @@ struct RequestContext {
     http1: bool,
 }
 
-/// The routes, for metrics and the access log.
+/// Where a request goes.
 #[derive(Clone, Copy)]
 enum Route {
+    /// `POST /api/stream/token`, answered here.
     Token,
+    /// Forwarded without auth (no entry of the route table matched).
     Forward,
+    /// An entry of the route table.
+    Table(usize),
 }
 
 impl Route {
-    /// Index into `metrics::ROUTES`.
+    /// Its row in the request metrics: the built-in routes (`metrics::ROUTES`), then the table.
     fn index(self) -> usize {
         match self {
             Self::Token => 0,
             Self::Forward => 1,
+            Self::Table(i) => ROUTES.len() + i,
         }
-    }
-
-    fn name(self) -> &'static str {
-        ROUTES[self.index()]
     }
 }
 
@@ -137,18 +162,25 @@ impl App {
         let mut ctx = self.begin(&mut request, conn, slot);
         let route = match RoutePath::parse(request.uri().path()) {
             Ok(path) if path.is(TOKEN_PATH) => Route::Token,
-            Ok(_) => Route::Forward,
+            Ok(path) => match self.shared.table.find(&path, request.method()) {
+                Some((i, _)) => Route::Table(i),
+                None => Route::Forward,
+            },
             Err(AmbiguousPath) => {
                 let refused = self.respond(Err(ProxyError::AmbiguousPath), &mut ctx);
                 return Ok(self.finish(Route::Forward, refused, ctx));
             }
         };
         if let Some(e) = ctx.entry.as_mut() {
-            e.route = route.name();
+            e.route = self.route_name(route);
         }
         let response = match route {
             Route::Token => self.token_route(request, &mut ctx).await,
-            Route::Forward => self.forward_route(request, &mut ctx).await,
+            Route::Forward => self.forward_route(request, &mut ctx, &Vec::new()).await,
+            Route::Table(i) => match self.shared.table.get(i) {
+                Some(entry) => self.table_route(request, entry, &mut ctx).await,
+                None => self.forward_route(request, &mut ctx, &Vec::new()).await,
+            },
         };
         Ok(self.finish(route, response, ctx))
     }
@@ -197,11 +229,21 @@ impl App {
         response
     }
 
-    /// Everything else goes to Node, unless it is `CONNECT` or over a `[[limits.forward]]`.
+    /// The name the metrics and the access log give `route`.
+    fn route_name(&self, route: Route) -> &'static str {
+        match route {
+            Route::Table(i) => self.shared.table.get(i).map_or("forward", |r| r.name),
+            builtin => ROUTES[builtin.index()],
+        }
+    }
+
+    /// Everything else goes to Node (with `identity` added, for a route that verified a
+    /// session), unless it is `CONNECT` or over a `[[limits.forward]]`.
     async fn forward_route(
         &self,
         request: Request<Incoming>,
         ctx: &mut RequestContext,
+        identity: &IdentityHeaders,
     ) -> Response<ProxyBody> {
         if request.method() == Method::CONNECT {
             return self.respond(Err(ProxyError::NotImplemented("CONNECT")), ctx);
@@ -215,7 +257,7 @@ impl App {
         let close_if_refused = ctx.http1 && !request.body().is_end_stream();
         let forwarded = self
             .forwarder
-            .forward(request, ctx.conn, ctx.slot.clone())
+            .forward(request, ctx.conn, ctx.slot.clone(), identity)
             .await;
         let result = forwarded.map(|forwarded| {
             let upstream_time = forwarded.upstream_time;

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -596,6 +596,55 @@ pub async fn node_call(port: u16, method: &str, path: &str) -> serde_json::Value
         .expect("node answers in time")
         .expect("node answers");
     body_json(response).await
+}
+
+/// One request as Node saw it (`/_t/seen`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Seen {
+    pub method: String,
+    pub url: String,
+    /// "complete", or "aborted" when the body never completed.
+    pub state: String,
+}
+
+impl Seen {
+    pub fn complete(method: &str, url: &str) -> Self {
+        Self {
+            method: method.into(),
+            url: url.into(),
+            state: "complete".into(),
+        }
+    }
+}
+
+pub async fn node_seen(port: u16) -> Vec<Seen> {
+    // A forwarded head may still be on its way: give it a moment, then wait until no request
+    // at Node is still open (a body being streamed or aborted).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let deadline = Instant::now() + STEP;
+    loop {
+        let now = node_call(port, "GET", "/_t/seen").await;
+        let open = now["seen"]
+            .as_array()
+            .expect("seen list")
+            .iter()
+            .any(|e| e["state"] == "open");
+        if !open || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let list = node_call(port, "GET", "/_t/seen?clear=1").await;
+    list["seen"]
+        .as_array()
+        .expect("seen list")
+        .iter()
+        .map(|e| Seen {
+            method: e["method"].as_str().unwrap_or_default().into(),
+            url: e["url"].as_str().unwrap_or_default().into(),
+            state: e["state"].as_str().unwrap_or_default().into(),
+        })
+        .collect()
 }
 
 /// The Node upstream's `/_t/stats`, asked directly.
