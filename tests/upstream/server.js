@@ -25,6 +25,7 @@
 //   POST /_t/drop-next           the next request (any path but /_t/stats) gets its socket
 //                                destroyed without an answer, as a keep-alive race would
 //   GET  /_t/ws (Upgrade)        WebSocket echo (text, binary, ping, close)
+//   GET  /_t/browser             tests/upstream/browser.html (the page tests/browser.rs drives)
 //   GET  /_t/old-token-hits      {"hits":[url, ...]}: requests that a Node router would have sent
 //                                to the old, unauthenticated token handler (see oldTokenRoute)
 //
@@ -179,6 +180,11 @@ const server = http.createServer((req, res) => {
   }
   if (path === '/api/hello') return json(res, 200, { message: 'hello' });
   if (path === '/_t/old-token-hits') return json(res, 200, { hits: oldTokenHits });
+  if (path === '/_t/browser') {
+    const page = require('fs').readFileSync(require('path').join(__dirname, 'browser.html'));
+    res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'content-length': page.length });
+    return res.end(page);
+  }
   if (path === '/_t/stats') return json(res, 200, { requests: requests - 1, ...counters });
   if (path === '/_t/seen') {
     const list = seen;
