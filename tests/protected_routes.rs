@@ -132,6 +132,12 @@ async fn a_valid_session_reaches_node_with_its_identity_and_the_request_unchange
     let echo = body_json(f.client.h1(request("/api/admin", Some(&v1))).await).await;
     assert_eq!(echoed(&echo, "x-clerk-org-id"), ["org_1"]);
     assert_eq!(echoed(&echo, "x-clerk-org-role"), ["basic_member"]);
+    // Counted under the route's name.
+    let admin_ok = common::admin::metric(
+        &f.proxy,
+        "stream_token_proxy_requests_total{route=\"admin\",status=\"2xx\"}",
+    );
+    assert_eq!(admin_ok, 2.0);
     f.proxy.stop().await;
 }
 
