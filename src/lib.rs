@@ -63,6 +63,7 @@ use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::ops::admin::AdminState;
 use crate::ops::reload::Reloader;
+use crate::ops::traces::Traces;
 use crate::routes::Shared;
 use crate::routes::table::RouteTable;
 use crate::stream_token::StreamMinter;
@@ -168,7 +169,11 @@ pub async fn start(mut config: Config) -> Result<ProxyHandle, StartError> {
     let keys = Arc::new(key_store(&config, metrics.clone())?);
     let minter = Arc::new(StreamMinter::new(&config.stream, &stream_secret(&config)?));
     let limits = Arc::new(Limits::new(&config.limits));
-    let shared = Shared::new(&config, table, &keys, &minter, &limits, &metrics);
+    let traces = Traces::start(&config.tracing, &metrics).map_err(|message| ConfigError {
+        origin: "tracing".into(),
+        message,
+    })?;
+    let shared = Shared::new(&config, table, traces, &keys, &minter, &limits, &metrics);
     let listeners = server::Listeners::bind(&config).await?;
     let admin = Arc::new(AdminState::new(&metrics, &keys, &limits, &certs));
     let reloader = Arc::new(Reloader::new(

@@ -68,6 +68,9 @@ pub struct Metrics {
     pub(crate) open_tunnels: Gauge,
     connection_closes: Family<ReasonLabel, Counter>,
     pub tls_handshake_failures: Counter,
+    /// Spans handed to the OTLP collector, and spans dropped (queue full, export failing).
+    pub(crate) trace_spans_exported: Counter,
+    pub(crate) trace_spans_dropped: Counter,
     /// `notAfter` of the served certificate, unix seconds.
     pub(crate) certificate_expiry: Gauge,
     reloads: Family<ReloadLabels, Counter>,
@@ -197,6 +200,18 @@ impl Metrics {
                 &mut registry,
                 "connection_closes",
                 "Client connections the proxy closed or refused to bound its resources, by reason",
+                Default::default(),
+            ),
+            trace_spans_exported: registered(
+                &mut registry,
+                "trace_spans_exported",
+                "Spans handed to the OTLP collector",
+                Default::default(),
+            ),
+            trace_spans_dropped: registered(
+                &mut registry,
+                "trace_spans_dropped",
+                "Spans dropped: the export queue was full or the collector failing",
                 Default::default(),
             ),
             tls_handshake_failures: registered(

@@ -13,6 +13,7 @@ mod ops;
 mod routes;
 mod server;
 mod stream;
+mod traces;
 mod types;
 mod upstream;
 
@@ -29,6 +30,7 @@ pub use ops::{AdminConfig, LogConfig, LogFormat, LogLevel};
 pub use routes::{AuthMode, IdentityConfig, RouteConfig};
 pub use server::{ServerConfig, TlsConfig};
 pub use stream::{StreamConfig, read_secret_file};
+pub use traces::{OtlpProtocol, TracingConfig};
 use types::any_duration;
 pub use types::{
     AllowedAlgorithm, CidrNet, FieldName, JwksUrl, PositiveDuration, Secret, UpstreamUrl,
@@ -99,6 +101,8 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     #[serde(default)]
     pub identity: IdentityConfig,
+    #[serde(default)]
+    pub tracing: TracingConfig,
     /// Directory that relative paths in the file are resolved against (the file's own folder).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -148,6 +152,7 @@ impl Config {
         self.limits.validate()?;
         self.cors.validate()?;
         routes::validate_routes(&self.routes)?;
+        self.tracing.validate()?;
         let listen = self.server.listen;
         if self.auth.trusts_dev_keys()
             && !listen.ip().is_loopback()

@@ -30,6 +30,7 @@ use crate::forward::Forwarder;
 use crate::limits::{Limited, Limits};
 use crate::metrics::{Metrics, ROUTES};
 use crate::ops::access_log::{AccessEntry, LoggedBody};
+use crate::ops::traces::{RequestTrace, Traces};
 use crate::routes::body::ProxyBody;
 use crate::routes::path::{AmbiguousPath, RoutePath};
 use crate::routes::protected::IdentityHeaders;
@@ -49,6 +50,7 @@ pub(crate) struct App {
 /// What every worker's [`App`] shares.
 pub(crate) struct Shared {
     token: TokenRoute,
+    traces: Traces,
     table: RouteTable,
     /// The headers that hand Node the verified identity.
     identity: IdentityConfig,
@@ -70,6 +72,7 @@ impl Shared {
     pub(crate) fn new(
         config: &Config,
         table: RouteTable,
+        traces: Traces,
         keys: &Arc<KeyStore>,
         minter: &Arc<StreamMinter>,
         limits: &Arc<Limits>,
@@ -96,6 +99,7 @@ impl Shared {
                 metrics.clone(),
             ),
             table,
+            traces,
             identity: config.identity.clone(),
             session_cookie: config.auth.session_cookie,
             limits: limits.clone(),
@@ -124,6 +128,8 @@ struct RequestContext {
     slot: Arc<ConnectionSlot>,
     request_id: HeaderValue,
     entry: Option<AccessEntry>,
+    /// The request's trace, when it is recorded (`ops/traces.rs`).
+    trace: RequestTrace,
     /// HTTP/1 (a refused request's unread body can close the connection).
     http1: bool,
 }
@@ -194,15 +200,19 @@ impl App {
     ) -> RequestContext {
         let started = Instant::now();
         let request_id = self.shared.request_ids.assign(request.headers_mut());
+        let (method, headers) = (request.method().clone(), request.headers_mut());
+        let trace = self.shared.traces.begin(headers, &method, conn.peer);
         let mut entry = AccessEntry::start(request.method(), request.uri().path(), started);
         if let Some(e) = entry.as_mut() {
             e.request_id = Some(request_id.clone());
+            e.trace = trace.ids();
         }
         RequestContext {
             conn,
             slot,
             request_id,
             entry,
+            trace,
             http1: request.version() < Version::HTTP_2,
         }
     }
@@ -217,7 +227,9 @@ impl App {
         let origin = token.cors.allowed_origin(request.headers());
         let preflight = request.method() == Method::OPTIONS;
         let client_ip = self.client_ip(&request, ctx);
-        let result = token.handle(request, client_ip, &mut ctx.entry).await;
+        let result = token
+            .handle(request, client_ip, &mut ctx.entry, &ctx.trace)
+            .await;
         let mut response = self.respond(result, ctx);
         if !preflight {
             token.cors.decorate(&mut response, origin);
@@ -255,6 +267,8 @@ impl App {
         // refused (a transfer coding it cannot undo, a broken chunk): they must never be read
         // as the client's next request, so the connection closes after the answer.
         let close_if_refused = ctx.http1 && !request.body().is_end_stream();
+        let mut request = request;
+        let _upstream_span = ctx.trace.upstream(request.headers_mut());
         let forwarded = self
             .forwarder
             .forward(request, ctx.conn, ctx.slot.clone(), identity)
@@ -330,6 +344,7 @@ impl App {
         self.shared
             .metrics
             .request(route.index(), response.status());
+        ctx.trace.finish(self.route_name(route), response.status());
         response
             .headers_mut()
             .insert(X_REQUEST_ID.clone(), ctx.request_id);

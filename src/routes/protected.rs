@@ -14,6 +14,7 @@ use crate::auth::{self, AuthError, Session};
 use crate::config::{AuthMode, FieldName, IdentityConfig};
 use crate::error::ProxyError;
 use crate::routes::body::ProxyBody;
+use crate::routes::token::verify_traced;
 
 /// The identity headers a verified session adds to its forwarded request.
 pub(crate) type IdentityHeaders = Vec<(HeaderName, HeaderValue)>;
@@ -66,7 +67,7 @@ impl App {
             Err(AuthError::MissingCredentials) if mode == AuthMode::Optional => return Ok(None),
             found => found?,
         };
-        let session = self.shared.token.verifier.verify(token).await?;
+        let session = verify_traced(&self.shared.token.verifier, token, &ctx.trace).await?;
         if let Some(e) = ctx.entry.as_mut() {
             e.user_id = Some(session.user_id.clone());
         }

@@ -35,6 +35,7 @@ pub mod binary;
 pub mod clerk;
 pub mod fake_upstream;
 pub mod h2raw;
+pub mod otlp;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type TestBody = BoxBody<Bytes, BoxError>;
