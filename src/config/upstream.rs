@@ -21,8 +21,8 @@ pub struct UpstreamConfig {
     pub pool_idle_timeout: PositiveDuration,
     /// Idle connections kept to the upstream, per worker thread.
     pub pool_max_idle: usize,
-    /// Retry an idempotent, bodiless request once when the upstream closed a pooled connection
-    /// before answering.
+    /// Retry an idempotent, bodiless request once, on a new connection, when the upstream
+    /// closed or reset its connection before answering.
     pub retry_idempotent: bool,
     /// A WebSocket tunnel with no bytes either way for this long is closed; `"0s"` = never.
     #[serde(deserialize_with = "any_duration")]
