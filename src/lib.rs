@@ -16,7 +16,7 @@
 //! | `limits` | rate limits (per IP, per user, global, forwarded prefixes), the client IP behind trusted proxies |
 //! | `forward` | one forwarded request: headers, checks, timeouts, retry, upload progress, WebSocket tunnels |
 //! | `upstream` | each worker's pool of HTTP/1.1 connections to Node |
-//! | `ops` | the admin listener, the access log, certificate and secret reloads |
+//! | `ops` | the admin listener (and its readiness check of the upstream), the access log, certificate and secret reloads |
 //! | `metrics` | the Prometheus registry |
 //! | `dev_profile` | the dev certificate, signing key and Stream secret; `dev-token` |
 //! | `error` | the one mapping from errors to status, JSON body and headers |
@@ -175,7 +175,15 @@ pub async fn start(mut config: Config) -> Result<ProxyHandle, StartError> {
     })?;
     let shared = Shared::new(&config, table, traces, &keys, &minter, &limits, &metrics);
     let listeners = server::Listeners::bind(&config).await?;
-    let admin = Arc::new(AdminState::new(&metrics, &keys, &limits, &certs));
+    let upstream_check = (config.admin.ready_requires_upstream)
+        .then(|| ops::upstream_check::UpstreamCheck::new(&config.upstream));
+    let admin = Arc::new(AdminState::new(
+        &metrics,
+        &keys,
+        &limits,
+        &certs,
+        upstream_check,
+    ));
     let reloader = Arc::new(Reloader::new(
         certs.clone(),
         secret_file(&config),

@@ -323,6 +323,24 @@ mod tests {
     }
 
     #[test]
+    fn an_upstream_health_path_is_a_path() {
+        let with = |path: &str| format!("{PROD}\n[upstream]\nhealth_path = \"{path}\"\n");
+        let config = validated(&with("/healthz?deep=1")).expect("a path and query");
+        assert_eq!(
+            config.upstream.health_path.as_deref(),
+            Some("/healthz?deep=1")
+        );
+        assert!(!config.admin.ready_requires_upstream, "off by default");
+        for bad in ["healthz", "http://node/healthz", "/a b"] {
+            let err = validated(&with(bad)).unwrap_err();
+            assert!(
+                err.to_string().contains("upstream.health_path"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
     fn a_production_config_needs_issuer_keys_and_secret() {
         validated(PROD).expect("minimal production config");
         let err = validated("[auth]\njwks_url = \"https://c.example/jwks\"\n").unwrap_err();

@@ -32,7 +32,7 @@ use tracing::debug;
 use crate::config::{ForwardingConfig, UpstreamConfig};
 use crate::connection::{ClientConn, ConnectionSlot};
 use crate::error::ProxyError;
-use crate::upstream::{PooledBody, SendError, UpstreamPool};
+use crate::upstream::{NewConnection, PooledBody, SendError, UpstreamPool, closed_before_answer};
 
 /// The request body sent upstream: the client's streamed body, or none.
 pub(crate) type UpstreamBody = Either<ProgressBody, Empty<Bytes>>;
@@ -155,7 +155,8 @@ impl Forwarder {
     }
 
     /// A bodiless request can be rebuilt, so a connection the upstream closed under us
-    /// (usually a pooled one it timed out) is retried once, for idempotent methods.
+    /// (usually a pooled one it timed out) is retried once, for idempotent methods, on a new
+    /// connection.
     fn retry_copy(&self, parts: &http::request::Parts) -> Option<Request<UpstreamBody>> {
         (self.retry_idempotent && is_idempotent(&parts.method)).then(|| {
             let mut copy = Request::new(Either::Right(Empty::new()));
@@ -163,6 +164,7 @@ impl Forwarder {
             *copy.uri_mut() = parts.uri.clone();
             *copy.version_mut() = parts.version;
             *copy.headers_mut() = parts.headers.clone();
+            copy.extensions_mut().insert(NewConnection);
             copy
         })
     }
@@ -284,7 +286,7 @@ fn is_stale_connection(error: &ProxyError) -> bool {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
     while let Some(e) = cause {
         if let Some(h) = e.downcast_ref::<hyper::Error>() {
-            return h.is_incomplete_message() || h.is_canceled();
+            return closed_before_answer(h);
         }
         cause = e.source();
     }

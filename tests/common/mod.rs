@@ -88,17 +88,56 @@ pub fn start_node(script: &Path, env: &[(&str, &str)]) -> (ChildGuard, u16) {
 
 /// The Node upstream under `tests/upstream/server.js`.
 pub struct NodeUpstream {
-    _child: ChildGuard,
+    child: ChildGuard,
     pub port: u16,
+    env: Vec<(String, String)>,
 }
 
 impl NodeUpstream {
     pub fn start() -> Self {
-        let (child, port) = start_node(&manifest_dir().join("tests/upstream/server.js"), &[]);
+        Self::start_with(&[])
+    }
+
+    /// Started with `env` (the opt-in variables server.js documents); a restart keeps them.
+    pub fn start_with(env: &[(&str, &str)]) -> Self {
+        let (child, port) = start_node(&Self::script(), env);
         Self {
-            _child: child,
+            child,
             port,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         }
+    }
+
+    fn script() -> PathBuf {
+        manifest_dir().join("tests/upstream/server.js")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.0.id()
+    }
+
+    /// SIGKILLs the process by its PID and reaps it: the port is closed when this returns.
+    pub fn kill(&mut self) {
+        let _ = self.child.0.kill();
+        let _ = self.child.0.wait();
+    }
+
+    /// A new process on the same port and env (after [`kill`](Self::kill)); returns once it
+    /// listens.
+    pub fn restart(&mut self) {
+        let port = self.port.to_string();
+        let mut env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        env.push(("PORT", &port));
+        let (child, port) = start_node(&Self::script(), &env);
+        assert_eq!(port, self.port, "restarted on the same port");
+        self.child = child;
     }
 
     pub fn url(&self) -> String {

@@ -38,6 +38,9 @@
 //                            idle keep-alive connections, answer in-flight requests with
 //                            `Connection: close`, exit once every connection has closed or after
 //                            N ms, whichever comes first
+// Opt-in, for tests/upstream_restarts.rs:
+//   KEEP_ALIVE_TIMEOUT_MS=N  server.keepAliveTimeout (Node's default 5000). Node 20 closes an
+//                            idle keep-alive socket 1 s later than this (its internal buffer)
 const http = require('http');
 const crypto = require('crypto');
 const legacyUrl = require('url');
@@ -264,6 +267,8 @@ const server = http.createServer((req, res) => {
     }),
   );
 });
+
+if (process.env.KEEP_ALIVE_TIMEOUT_MS) server.keepAliveTimeout = Number(process.env.KEEP_ALIVE_TIMEOUT_MS);
 
 server.on('connection', (socket) => {
   counters.connections++;
