@@ -10,6 +10,9 @@
 #   MODE=token bench/callgrind.sh      POST /api/stream/token with one session token
 #   TARGET=nginx bench/callgrind.sh    the same pass-through measurement of the peers' nginx
 #                                      (its nginx.conf.in, one worker, no master process)
+#   TRACING=1 bench/callgrind.sh       with OpenTelemetry export on: a trace started for every
+#                                      request (sample_ratio = 1.0), spans sent over OTLP/HTTP to
+#                                      a local sink that answers 200 (the export thread counts)
 #   N=3000 WARMUP=200                  the defaults
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -28,6 +31,17 @@ export CLERK_JWKS_URL=http://127.0.0.1:18401/.well-known/jwks.json UPSTREAM_URL=
 (cd "$PEERS" && exec node jwks/server.js --port 18401 >/dev/null 2>&1) & pids+=($!)
 (cd "$PEERS" && PORT=18402 exec node upstream/server.js >/dev/null 2>&1) & pids+=($!)
 sed 's/^workers = .*/workers = 1/' bench/proxy.toml >"$work/proxy.toml"
+if [ "${TRACING:-0}" = 1 ]; then
+  python3 -c '
+import http.server
+class Sink(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.send_response(200); self.send_header("content-length", "0"); self.end_headers()
+    def log_message(self, *args): pass
+http.server.ThreadingHTTPServer(("127.0.0.1", 18430), Sink).serve_forever()' & pids+=($!)
+  printf '\n[tracing]\notlp_endpoint = "http://127.0.0.1:18430"\nsample_ratio = 1.0\n' >>"$work/proxy.toml"
+fi
 # A throwaway certificate of the same kind as the peers' (RSA 2048, self-signed).
 mkdir -p "$work/certs"
 openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days 2 -subj "/CN=localhost" \
@@ -86,6 +100,7 @@ kill -TERM "$target"; wait "$target" || true
 total=$(awk '/^totals:/ {print $2; exit}' "$out")
 name=$MODE
 if [ "$TARGET" = nginx ]; then name=$MODE-nginx; fi
+if [ "${TRACING:-0}" = 1 ]; then name=$name-traced; fi
 mkdir -p "$ROOT/bench/results" && cp "$out" "$ROOT/bench/results/callgrind-$name.out"
-echo "target=$TARGET mode=$MODE: $(( total / N )) instructions per request (Ir over $N requests: $total)"
+echo "target=$TARGET mode=$MODE tracing=${TRACING:-0}: $(( total / N )) instructions per request (Ir over $N requests: $total)"
 echo "profile: callgrind_annotate bench/results/callgrind-$name.out"

@@ -4,8 +4,11 @@
 #      deploy/overlays/redis-limits (the base plus the optional Redis component),
 #   2. validates the rendered objects against the Kubernetes OpenAPI schemas
 #      (kubernetes-validate from PyPI, in deploy/.venv, git-ignored), strict mode,
-#   3. runs `stream-token-proxy check-config` on the production proxy.toml,
-#   4. builds the Docker image if a Docker engine answers (skipped otherwise, and said so).
+#   3. checks the stop/start arithmetic between deployment.yaml and proxy.toml (Node preStop >=
+#      proxy preStop + server.shutdown_grace, the grace period beyond Node's preStop, a Node
+#      readiness probe; deploy/README.md says why),
+#   4. runs `stream-token-proxy check-config` on the production proxy.toml,
+#   5. builds the Docker image if a Docker engine answers (skipped otherwise, and said so).
 # Usage: deploy/validate.sh [kubernetes-version, default 1.31.0]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +34,36 @@ if [ ! -x deploy/.venv/bin/kubernetes-validate ]; then
   deploy/.venv/bin/pip install -q kubernetes-validate
 fi
 deploy/.venv/bin/kubernetes-validate --strict -k "$K8S_VERSION" "$rendered"
+
+echo "== stop and start order (deployment.yaml against proxy.toml)"
+deploy/.venv/bin/python - deploy/kubernetes/deployment.yaml deploy/kubernetes/proxy.toml <<'PY'
+import re, sys, tomllib, yaml
+
+spec = yaml.safe_load(open(sys.argv[1]))["spec"]["template"]["spec"]
+containers = {c["name"]: c for c in spec["containers"]}
+proxy = containers.pop("stream-token-proxy")
+(node,) = containers.values()
+def pre_stop(c):
+    return ((c.get("lifecycle") or {}).get("preStop") or {}).get("sleep", {}).get("seconds", 0)
+text = tomllib.load(open(sys.argv[2], "rb"))["server"]["shutdown_grace"]
+m = re.fullmatch(r"(\d+)(s|m)", text)
+assert m, f"shutdown_grace {text!r}: write it in whole seconds or minutes here"
+grace = int(m[1]) * (60 if m[2] == "m" else 1)
+period = spec.get("terminationGracePeriodSeconds", 30)
+p, n = pre_stop(proxy), pre_stop(node)
+problems = []
+if n < p + grace:
+    problems.append(f"Node preStop {n} s < proxy preStop {p} s + shutdown_grace {grace} s: Node would stop under the proxy's drain")
+if period < n + 2:
+    problems.append(f"terminationGracePeriodSeconds {period} leaves Node no time after its {n} s preStop")
+if not node.get("readinessProbe"):
+    problems.append("the Node container has no readinessProbe: the pod would turn Ready before Node listens")
+for problem in problems:
+    print("FAIL:", problem)
+if problems:
+    sys.exit(1)
+print(f"ok: proxy preStop {p} s + drain {grace} s <= Node preStop {n} s < grace period {period} s; Node readiness probe present")
+PY
 
 echo "== proxy.toml (check-config)"
 cargo build -q --release

@@ -43,6 +43,8 @@ pub(crate) struct ConnectionSlot {
     http2: AtomicBool,
     /// When the last request in flight finished, in milliseconds after `opened`.
     idle_since_ms: AtomicU64,
+    /// The server is draining: HTTP/1 responses from now on close their connection.
+    draining: AtomicBool,
 }
 
 /// Whether a connection has been quiet for too long, and how.
@@ -74,7 +76,15 @@ impl ConnectionSlot {
             requested: AtomicBool::new(false),
             http2: AtomicBool::new(false),
             idle_since_ms: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
         }
+    }
+
+    /// The server began its drain: responses from now on say `Connection: close` (HTTP/1,
+    /// see [`InFlight::draining`]). Returns whether the connection speaks HTTP/2.
+    pub(crate) fn start_draining(&self) -> bool {
+        self.draining.store(true, Ordering::Relaxed);
+        self.http2.load(Ordering::Relaxed)
     }
 
     /// A request arrived; it is in flight until the returned guard is dropped (with the
@@ -153,6 +163,13 @@ impl Drop for ConnectionSlot {
 
 /// A request in flight on its connection.
 pub(crate) struct InFlight(Arc<ConnectionSlot>);
+
+impl InFlight {
+    /// Whether the server is draining (its response should close the connection).
+    pub(crate) fn draining(&self) -> bool {
+        self.0.draining.load(Ordering::Relaxed)
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {

@@ -10,13 +10,13 @@
 //! | `server` | listener, worker threads, admission (`max_connections`, per IP), TLS handshakes, per-connection timeouts, drain |
 //! | `connection` | one client connection: its facts, its slot (held by a tunnel too), requests in flight |
 //! | `tls` | the served certificate (swappable), rustls settings |
-//! | `routes` | the router and its per-request context, the token route, CORS, how Node reads a path, request ids, the response body; errors become responses there |
+//! | `routes` | the router and its per-request context, the route table and routes with a session (identity headers), the token route, CORS, how Node reads a path, request ids, the response body; errors become responses there |
 //! | `auth` | session verification: key sources (JWKS, PEM), token-type rules, the refetch schedule, the verified-session cache |
 //! | `stream_token` | minting Stream user tokens |
 //! | `limits` | rate limits behind one seam (`Limits::check(policy, key)`): named policies, local (governor) and Redis (GCRA script) backends, the first tier, `on_error`; the client IP behind trusted proxies |
 //! | `forward` | one forwarded request: headers, checks, timeouts, retry, upload progress, WebSocket tunnels |
 //! | `upstream` | each worker's pool of HTTP/1.1 connections to Node |
-//! | `ops` | the admin listener, the access log, certificate and secret reloads |
+//! | `ops` | the admin listener (and its readiness check of the upstream), the access log, certificate and secret reloads |
 //! | `metrics` | the Prometheus registry |
 //! | `dev_profile` | the dev certificate, signing key and Stream secret; `dev-token` |
 //! | `error` | the one mapping from errors to status, JSON body and headers |
@@ -63,7 +63,9 @@ use crate::limits::{Limits, RedisSetupError};
 use crate::metrics::Metrics;
 use crate::ops::admin::AdminState;
 use crate::ops::reload::Reloader;
+use crate::ops::traces::Traces;
 use crate::routes::Shared;
+use crate::routes::table::RouteTable;
 use crate::stream_token::StreamMinter;
 use crate::tls::{CertStore, TlsError};
 
@@ -157,7 +159,8 @@ pub async fn start(mut config: Config) -> Result<ProxyHandle, StartError> {
     if config.dev {
         dev_profile::prepare(&mut config)?;
     }
-    let metrics = Arc::new(Metrics::new());
+    let table = RouteTable::new(&config.routes);
+    let metrics = Arc::new(Metrics::with_routes(table.names()));
     let certs = match config.tls.enabled {
         true => {
             let (cert, key) = config.tls_paths();
@@ -168,9 +171,21 @@ pub async fn start(mut config: Config) -> Result<ProxyHandle, StartError> {
     let keys = Arc::new(key_store(&config, metrics.clone())?);
     let minter = Arc::new(StreamMinter::new(&config.stream, &stream_secret(&config)?));
     let limits = Arc::new(limits(&config, &metrics)?);
-    let shared = Shared::new(&config, &keys, &minter, &limits, &metrics);
+    let traces = Traces::start(&config.tracing, &metrics).map_err(|message| ConfigError {
+        origin: "tracing".into(),
+        message,
+    })?;
+    let shared = Shared::new(&config, table, traces, &keys, &minter, &limits, &metrics);
     let listeners = server::Listeners::bind(&config).await?;
-    let admin = Arc::new(AdminState::new(&metrics, &keys, &limits, &certs));
+    let upstream_check = (config.admin.ready_requires_upstream)
+        .then(|| ops::upstream_check::UpstreamCheck::new(&config.upstream));
+    let admin = Arc::new(AdminState::new(
+        &metrics,
+        &keys,
+        &limits,
+        &certs,
+        upstream_check,
+    ));
     let reloader = Arc::new(Reloader::new(
         certs.clone(),
         secret_file(&config),

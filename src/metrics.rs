@@ -44,14 +44,15 @@ struct ReloadLabels {
     outcome: &'static str,
 }
 
-/// Routes we count requests for, in the order of [`Metrics::requests`].
+/// The built-in routes, first in [`Metrics::requests`]; the route table's follow.
 pub(crate) const ROUTES: [&str; 2] = ["token", "forward"];
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 pub struct Metrics {
     registry: Registry,
     /// `[route][status class]`.
-    requests: [[Counter; 5]; 2],
+    /// `[route][status class]`: the built-in routes, then the route table's.
+    requests: Vec<[Counter; 5]>,
     pub(crate) token_mints: Counter,
     pub(crate) token_reuses: Counter,
     verification_failures: Family<ReasonLabel, Counter>,
@@ -67,6 +68,9 @@ pub struct Metrics {
     pub(crate) open_tunnels: Gauge,
     connection_closes: Family<ReasonLabel, Counter>,
     pub tls_handshake_failures: Counter,
+    /// Spans handed to the OTLP collector, and spans dropped (queue full, export failing).
+    pub(crate) trace_spans_exported: Counter,
+    pub(crate) trace_spans_dropped: Counter,
     /// `notAfter` of the served certificate, unix seconds.
     pub(crate) certificate_expiry: Gauge,
     reloads: Family<ReloadLabels, Counter>,
@@ -142,6 +146,11 @@ impl std::fmt::Debug for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
+        Self::with_routes(std::iter::empty())
+    }
+
+    /// With a request counter for each route of the route table too.
+    pub(crate) fn with_routes(table: impl Iterator<Item = &'static str>) -> Self {
         let mut registry = Registry::with_prefix("stream_token_proxy");
         let request_family: Family<RequestLabels, Counter> = registered(
             &mut registry,
@@ -150,10 +159,15 @@ impl Metrics {
             Family::default(),
         );
         // Resolved once, so counting a request is an atomic add, not a label lookup.
-        let requests = ROUTES.map(|route| {
-            STATUS_CLASSES
-                .map(|status| request_family.get_or_create_owned(&RequestLabels { route, status }))
-        });
+        let requests = ROUTES
+            .into_iter()
+            .chain(table)
+            .map(|route| {
+                STATUS_CLASSES.map(|status| {
+                    request_family.get_or_create_owned(&RequestLabels { route, status })
+                })
+            })
+            .collect();
         let backend_family: Family<OutcomeLabel, Counter> = registered(
             &mut registry,
             "rate_limit_backend_requests",
@@ -251,6 +265,18 @@ impl Metrics {
                 "Client connections the proxy closed or refused to bound its resources, by reason",
                 Default::default(),
             ),
+            trace_spans_exported: registered(
+                &mut registry,
+                "trace_spans_exported",
+                "Spans handed to the OTLP collector",
+                Default::default(),
+            ),
+            trace_spans_dropped: registered(
+                &mut registry,
+                "trace_spans_dropped",
+                "Spans dropped: the export queue was full or the collector failing",
+                Default::default(),
+            ),
             tls_handshake_failures: registered(
                 &mut registry,
                 "tls_handshake_failures",
@@ -279,7 +305,7 @@ impl Metrics {
         }
     }
 
-    /// Counts a finished request. `route` is an index into [`ROUTES`].
+    /// Counts a finished request. `route` is an index into [`ROUTES`], then the route table.
     pub(crate) fn request(&self, route: usize, status: http::StatusCode) {
         let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
         if let Some(row) = self.requests.get(route) {

@@ -27,7 +27,12 @@
 //! - a connection goes back to the pool only once hyper says it is ready for the next request
 //!   (its response body fully read), never while a body or an upgrade still owns it;
 //! - a request a reused connection gave back unsent (the upstream had closed it) is sent again
-//!   on another connection: nothing reached the upstream, so this is safe for every method.
+//!   on another connection: nothing reached the upstream, so this is safe for every method. The
+//!   other idle connections are checked at once: the upstream closes them by idle time, or all
+//!   together when it restarts, so where one is found closed, others usually are too;
+//! - whether a failed exchange may be retried is the caller's call ([`closed_before_answer`]
+//!   says the upstream closed the connection before any answer); a retry asks for a new
+//!   connection ([`NewConnection`]), as the pooled ones idle as long may be closing too.
 
 use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
@@ -73,6 +78,28 @@ pub(crate) enum SendError {
     /// request body broke).
     #[error("{0}")]
     Protocol(#[source] hyper::Error),
+}
+
+/// A request extension: send this request on a new connection, never a pooled one.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct NewConnection;
+
+/// `true` when the upstream closed the connection after the request was (maybe) written and
+/// before any response: its end of the connection closed (`IncompleteMessage`), or reset (as
+/// a keep-alive close does when the request arrives in the instant before it: the kernel
+/// resets a socket closed with unread data), or the request was cancelled with it.
+pub(crate) fn closed_before_answer(error: &hyper::Error) -> bool {
+    let reset = std::error::Error::source(error)
+        .and_then(|cause| cause.downcast_ref::<io::Error>())
+        .is_some_and(|io| {
+            matches!(
+                io.kind(),
+                io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::ConnectionAborted
+            )
+        });
+    error.is_incomplete_message() || error.is_canceled() || reset
 }
 
 /// The bounds hyper puts on a request body, in one place.
@@ -293,8 +320,9 @@ where
         mode: Mode,
     ) -> Result<Response<PooledBody<B>>, SendError> {
         let mut stale = 0;
+        let fresh_only = request.extensions().get::<NewConnection>().is_some();
         loop {
-            let reused = if stale < MAX_STALE_CHECKOUTS {
+            let reused = if stale < MAX_STALE_CHECKOUTS && !fresh_only {
                 self.inner.checkout()
             } else {
                 None
@@ -317,6 +345,7 @@ where
                     Some(unsent) if is_reused => {
                         debug!(error = %e.error(), "pooled upstream connection was closed; sending on another");
                         stale += 1;
+                        self.inner.drop_closed();
                         request = unsent;
                     }
                     _ => return Err(SendError::Protocol(e.into_error())),
@@ -578,6 +607,13 @@ where
         }
     }
 
+    /// Drops the idle connections the upstream has closed (each is polled once, with nobody
+    /// to wake).
+    fn drop_closed(&self) {
+        self.lock()
+            .retain_mut(|e| !e.conn.drive_idle() && e.conn.sender.is_ready());
+    }
+
     async fn connect(&self) -> Result<Box<Conn<B>>, SendError> {
         let stream = tokio::time::timeout(self.connect_timeout, self.open())
             .await
@@ -646,10 +682,8 @@ where
     loop {
         ticks.tick().await;
         let Some(pool) = pool.upgrade() else { return };
-        let now = Instant::now();
-        let mut idle = pool.lock();
-        pool.drop_expired(&mut idle, now);
-        idle.retain_mut(|e| !e.conn.drive_idle() && e.conn.sender.is_ready());
+        pool.drop_expired(&mut pool.lock(), Instant::now());
+        pool.drop_closed();
     }
 }
 
@@ -884,6 +918,121 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(get(&pool).await.unwrap(), "fresh");
         server.await.unwrap();
+    }
+
+    /// Accepts `count` connections and answers one request on each with keep-alive; then,
+    /// when `close` is sent, closes every socket, as a restarting upstream does.
+    async fn closing_together(
+        count: usize,
+        close: tokio::sync::oneshot::Receiver<()>,
+    ) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let mut sockets = Vec::new();
+            for _ in 0..count {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 1024];
+                let _ = socket.read(&mut buf).await.unwrap();
+                socket.write_all(&answer("GET / ")).await.unwrap();
+                sockets.push(socket);
+            }
+            let _ = close.await;
+            drop(sockets);
+            // Later connections are answered as usual.
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 1024];
+                let _ = socket.read(&mut buf).await.unwrap();
+                socket.write_all(&answer("GET / ")).await.unwrap();
+                let _ = socket.read(&mut buf).await;
+            }
+        });
+        (addr, server)
+    }
+
+    #[tokio::test]
+    async fn one_connection_found_closed_drops_every_closed_idle_connection() {
+        let (close, closed) = tokio::sync::oneshot::channel();
+        let (addr, server) = closing_together(5, closed).await;
+        let pool = pool(addr, Duration::from_secs(4), 8);
+        let all = futures_util::future::join_all((0..5).map(|_| get(&pool))).await;
+        assert!(all.iter().all(|r| r.as_deref().ok() == Some("ok")));
+        settle().await;
+        assert_eq!(pool.idle_count(), 5);
+        // The sweep's first round (at its start) is over; the next is seconds away.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        close.send(()).unwrap();
+        // The upstream closes all five; the runtime sees their ends.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(get(&pool).await.unwrap(), "ok");
+        settle().await;
+        // Only the new connection is left: the first one found closed had the rest checked.
+        assert_eq!(pool.idle_count(), 1);
+        server.abort();
+    }
+
+    /// Reads one request, then ends the connection without an answer: with a FIN, or with a
+    /// reset (a close with unread data, as when a keep-alive close meets the request).
+    async fn ends_under_the_request(reset: bool) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = socket.read(&mut buf).await.unwrap();
+            if reset {
+                socket2::SockRef::from(&socket)
+                    .set_linger(Some(Duration::ZERO))
+                    .unwrap();
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_connection_ended_under_a_written_request_is_closed_before_answer() {
+        for reset in [false, true] {
+            let pool = pool(
+                ends_under_the_request(reset).await,
+                Duration::from_secs(4),
+                8,
+            );
+            match get(&pool).await {
+                Err(SendError::Protocol(e)) => assert!(closed_before_answer(&e), "{e:?}"),
+                other => panic!("reset {reset}: {other:?}"),
+            }
+        }
+        // A malformed answer is not a closed connection: retrying would not help.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = socket.read(&mut buf).await.unwrap();
+            socket.write_all(b"NOT HTTP\r\n\r\n").await.unwrap();
+        });
+        match get(&pool(addr, Duration::from_secs(4), 8)).await {
+            Err(SendError::Protocol(e)) => assert!(!closed_before_answer(&e), "{e:?}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_asking_for_a_new_connection_gets_one() {
+        let up = upstream().await;
+        let pool = pool(up.addr, Duration::from_secs(4), 8);
+        assert_eq!(get(&pool).await.unwrap(), "ok");
+        settle().await;
+        let mut fresh = request("GET", "/", "");
+        fresh.extensions_mut().insert(NewConnection);
+        let body = pool.send(fresh).await.unwrap().into_body();
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "ok");
+        assert_eq!(up.accepted.load(Ordering::SeqCst), 2);
+        // Both are pooled now; a plain request reuses one.
+        settle().await;
+        assert_eq!(get(&pool).await.unwrap(), "ok");
+        assert_eq!(up.accepted.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]

@@ -1307,6 +1307,43 @@ async fn stop_finishes_requests_in_flight_and_does_not_wait_for_idle_connections
     assert!(reused.is_err(), "the idle h1 connection was closed");
 }
 
+#[tokio::test]
+async fn on_stop_an_idle_http1_connection_answers_one_more_request_with_connection_close() {
+    let upstream = NodeUpstream::start();
+    let mut proxy = TestProxy::start(&upstream.url(), |_| {}).await;
+    let client = proxy.client();
+    let mut racing = client.h1_conn().await;
+    body_bytes(send_h1(&mut racing, get("/api/hello")).await).await;
+    let mut quiet = client.h1_conn().await;
+    body_bytes(send_h1(&mut quiet, get("/api/hello")).await).await;
+
+    let handle = proxy.handle.take().unwrap();
+    handle.shutdown();
+    let started = Instant::now();
+    // The drain has begun once the listener is closed.
+    while TcpStream::connect(proxy.addr).await.is_ok() {
+        assert!(started.elapsed() < STEP, "the listener closes");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A request sent on an idle keep-alive connection as the drain begins is answered, not
+    // reset, and the client is told to go.
+    let response = send_h1(&mut racing, get("/api/hello")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["connection"], "close");
+    assert_eq!(body_json(response).await["message"], "hello");
+    let after = tokio::time::timeout(STEP, racing.ready()).await.unwrap();
+    assert!(after.is_err(), "closed after that response");
+
+    // The connection that stayed quiet is closed a moment later, and the drain ends.
+    tokio::time::timeout(STEP, handle.wait())
+        .await
+        .expect("the drain ends");
+    let drained = started.elapsed();
+    assert!(drained < Duration::from_secs(3), "{drained:?}");
+    let quiet_after = tokio::time::timeout(STEP, quiet.ready()).await.unwrap();
+    assert!(quiet_after.is_err(), "the quiet connection was closed");
+}
+
 /// Reads until the proxy closes the connection (EOF or error), for at most `cap`; returns how
 /// long after `since` (when the connection was set up) that was, `None` if it stayed open.
 async fn time_until_closed(

@@ -66,55 +66,6 @@ impl Fixture {
     }
 }
 
-/// One request as Node saw it (`/_t/seen`).
-#[derive(Debug, Clone, PartialEq)]
-struct Seen {
-    method: String,
-    url: String,
-    /// "complete", or "aborted" when the body never completed.
-    state: String,
-}
-
-impl Seen {
-    fn complete(method: &str, url: &str) -> Self {
-        Self {
-            method: method.into(),
-            url: url.into(),
-            state: "complete".into(),
-        }
-    }
-}
-
-async fn node_seen(port: u16) -> Vec<Seen> {
-    // A forwarded head may still be on its way: give it a moment, then wait until no request
-    // at Node is still open (a body being streamed or aborted).
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let deadline = Instant::now() + STEP;
-    loop {
-        let now = node_call(port, "GET", "/_t/seen").await;
-        let open = now["seen"]
-            .as_array()
-            .expect("seen list")
-            .iter()
-            .any(|e| e["state"] == "open");
-        if !open || Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let list = node_call(port, "GET", "/_t/seen?clear=1").await;
-    list["seen"]
-        .as_array()
-        .expect("seen list")
-        .iter()
-        .map(|e| Seen {
-            method: e["method"].as_str().unwrap_or_default().into(),
-            url: e["url"].as_str().unwrap_or_default().into(),
-            state: e["state"].as_str().unwrap_or_default().into(),
-        })
-        .collect()
-}
-
 /// What the proxy sent back on one raw connection, and whether it closed it.
 struct Exchange {
     bytes: Vec<u8>,

@@ -364,3 +364,69 @@ async fn request_ids_pass_through_or_are_made() {
         "errors carry the id too"
     );
 }
+
+/// `/readyz` on `proxy` until it answers `want` (a verdict on the upstream stands for a
+/// second), for at most [`STEP`]; returns the last reason given.
+async fn readyz_becomes(proxy: &TestProxy, want: StatusCode) -> String {
+    let started = std::time::Instant::now();
+    loop {
+        let (status, _, body) = admin_get(admin_addr(proxy), "/readyz").await;
+        let reason: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let reason = reason["reason"].as_str().unwrap_or("").to_owned();
+        if status == want {
+            return reason;
+        }
+        assert!(started.elapsed() < STEP, "/readyz stayed {status}: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn readyz_can_require_the_upstream_by_connect_or_health_path() {
+    let mut node = NodeUpstream::start();
+    let url = node.url();
+    let requiring = |health: Option<&'static str>| {
+        move |c: &mut stream_token_proxy::Config| {
+            c.admin.ready_requires_upstream = true;
+            c.upstream.health_path = health.map(str::to_owned);
+        }
+    };
+    let plain = TestProxy::start(&url, |_| {}).await;
+    let connect = TestProxy::start(&url, requiring(None)).await;
+    let health = TestProxy::start(&url, requiring(Some("/_t/status/204"))).await;
+    let failing = TestProxy::start(&url, requiring(Some("/_t/status/503"))).await;
+    let hanging = TestProxy::start(&url, requiring(Some("/_t/hang"))).await;
+    for proxy in [&plain, &connect, &health] {
+        readyz_becomes(proxy, StatusCode::OK).await;
+    }
+    let reason = readyz_becomes(&failing, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert!(reason.contains("health check failed"), "{reason}");
+    // An upstream that never answers is a prompt 503: the kubelet's probe waits 1 s.
+    let started = std::time::Instant::now();
+    let reason = readyz_becomes(&hanging, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert!(reason.contains("in time"), "{reason}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+
+    node.kill();
+    for proxy in [&connect, &health] {
+        let reason = readyz_becomes(proxy, StatusCode::SERVICE_UNAVAILABLE).await;
+        assert!(reason.contains("refuses connections"), "{reason}");
+    }
+    // Off (the default), readiness does not look at Node.
+    assert_eq!(
+        admin_get(admin_addr(&plain), "/readyz").await.0,
+        StatusCode::OK
+    );
+
+    node.restart();
+    for proxy in [&connect, &health] {
+        readyz_becomes(proxy, StatusCode::OK).await;
+    }
+    for proxy in [plain, connect, health, failing, hanging] {
+        proxy.stop().await;
+    }
+}

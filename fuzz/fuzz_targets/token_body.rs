@@ -36,6 +36,7 @@ fn body(data: &[u8]) {
     let session = Session {
         user_id: Arc::from(USER),
         expires_at: 1_700_000_000,
+        ..Session::default()
     };
     let parsed = parse_token_body(data);
     let model: Option<Value> = serde_json::from_slice(data).ok();

@@ -51,6 +51,8 @@ pub struct KeySet {
     retired: HashSet<String>,
     /// When this set was fetched (or loaded).
     pub(crate) loaded_at: Instant,
+    /// The number of the JWKS fetch that brought it (0: not fetched).
+    fetch: u64,
 }
 
 impl KeySet {
@@ -158,6 +160,7 @@ impl KeyStore {
             })),
             retired: HashSet::new(),
             loaded_at: Instant::now(),
+            fetch: 0,
         };
         Ok(Self::with(ArcSwapOption::from_pointee(set), None, metrics))
     }
@@ -250,9 +253,10 @@ impl KeyStore {
         if set.retired.contains(kid) {
             return Err(AuthError::UnknownKey);
         }
+        let seen = set.fetch;
         drop(set);
         let deadline = tokio::time::Instant::now() + source.timeout;
-        let mut ticket = source.refetch.ask();
+        let mut ticket = source.refetch.ask(seen);
         debug!(
             fresh = ticket.is_fresh(),
             "token names an unknown kid; waiting for a JWKS fetch"
@@ -278,7 +282,7 @@ impl KeyStore {
         let mut backoff = Duration::from_millis(250);
         loop {
             let number = source.refetch.begin();
-            let fetched = self.fetch_and_store(source).await;
+            let fetched = self.fetch_and_store(source, number).await;
             source.refetch.end(number);
             let wait = match fetched {
                 Ok(()) => {
@@ -298,10 +302,11 @@ impl KeyStore {
         }
     }
 
-    async fn fetch_and_store(&self, source: &JwksSource) -> Result<(), KeyError> {
+    async fn fetch_and_store(&self, source: &JwksSource, number: u64) -> Result<(), KeyError> {
         let started = Instant::now();
         match source.fetch().await {
-            Ok(set) => {
+            Ok(mut set) => {
+                set.fetch = number;
                 self.metrics.jwks_fetch("ok");
                 info!(
                     keys = set.len(),
@@ -433,6 +438,7 @@ pub fn parse_jwks(body: &[u8]) -> Result<KeySet, KeyError> {
         any: None,
         retired: HashSet::new(),
         loaded_at: Instant::now(),
+        fetch: 0,
     })
 }
 

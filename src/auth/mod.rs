@@ -95,12 +95,27 @@ impl AuthError {
 }
 
 /// A verified Clerk session.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Session {
     /// The verified `sub`: the only user id a Stream token is ever minted for.
     pub user_id: Arc<str>,
     /// `exp` of the session token (unix seconds).
     pub expires_at: u64,
+    /// `sid`: every session token names its session (`session_rules`).
+    pub session_id: Arc<str>,
+    /// The active organization and the user's role in it, when the session has one (v2 `o`
+    /// claim, or v1 `org_id` / `org_role`).
+    pub org: Option<Org>,
+    /// The verified payload as sent (base64url JSON), kept only when a route hands it to Node
+    /// (`identity.claims_header`).
+    pub claims: Option<Arc<str>>,
+}
+
+/// An organization membership from the session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Org {
+    pub id: Arc<str>,
+    pub role: Option<Arc<str>>,
 }
 
 /// Finds the session token: `Authorization: Bearer <token>`, or (when enabled and there is no
@@ -157,6 +172,8 @@ pub struct Verifier {
     authorized_parties: Vec<String>,
     leeway: u64,
     accept_pending_sessions: bool,
+    /// Keep each session's verified payload (a route sends it to Node).
+    keep_claims: bool,
     cache: Arc<SessionCache>,
 }
 
@@ -187,6 +204,12 @@ struct Claims {
     sid: Member,
     #[serde(default)]
     sts: Member,
+    /// Clerk's v2 organization claim: `{"id": "org_...", "rol": "admin", ...}`.
+    #[serde(default)]
+    o: Member,
+    /// v1 organization claims.
+    org_id: Option<String>,
+    org_role: Option<String>,
 }
 
 impl Verifier {
@@ -201,8 +224,15 @@ impl Verifier {
             authorized_parties: config.authorized_parties.clone(),
             leeway: config.leeway.as_secs(),
             accept_pending_sessions: config.accept_pending_sessions,
+            keep_claims: false,
             cache,
         }
+    }
+
+    /// Sessions keep their verified payload (`Session::claims`), for a route that sends it.
+    pub(crate) fn keeping_claims(mut self) -> Self {
+        self.keep_claims = true;
+        self
     }
 
     /// Verifies `token` now.
@@ -265,7 +295,10 @@ impl Verifier {
 
         // The signature holds: from here on the header and claims are the issuer's words.
         let claims: Claims = decode_part(payload_b64, "the claims are not base64url JSON")?;
-        let session = self.check_claims(&header, claims, now)?;
+        let mut session = self.check_claims(&header, claims, now)?;
+        if self.keep_claims {
+            session.claims = Some(Arc::from(payload_b64));
+        }
         Ok((session, key.id.clone()))
     }
 
@@ -313,6 +346,9 @@ impl Verifier {
         Ok(Session {
             user_id: Arc::from(user_id),
             expires_at: exp,
+            session_id: Arc::from(claims.sid.as_str().unwrap_or_default()),
+            org: organization(&claims),
+            claims: None,
         })
     }
 
@@ -348,6 +384,18 @@ impl Verifier {
         }
         Ok(exp)
     }
+}
+
+/// The session's organization: the v2 `o` claim, else the v1 `org_id` / `org_role`.
+fn organization(claims: &Claims) -> Option<Org> {
+    let (id, role) = match claims.o.field("id") {
+        Some(id) => (id, claims.o.field("rol")),
+        None => (claims.org_id.as_deref()?, claims.org_role.as_deref()),
+    };
+    Some(Org {
+        id: Arc::from(id),
+        role: role.map(Arc::from),
+    })
 }
 
 /// `sub` must be a user id Stream accepts: `[A-Za-z0-9@_-]{1,255}`.

@@ -4,6 +4,8 @@
 //! ([`super::KeyStore::run_refresh`]), so there is never more than one in flight and a client
 //! that goes away cannot cut one short. A request that meets an unknown `kid`:
 //! - while a fetch is running, waits for that fetch;
+//! - if a fetch began after the one that brought the set it looked in, and has ended, looks
+//!   in that fetch's set first (it lost a race with the fetch: no new fetch for it);
 //! - otherwise asks for one and waits for it. The task starts it at once, or when the
 //!   cool-down since the last on-demand fetch ends: a flood of random `kid`s costs at most one
 //!   fetch per cool-down.
@@ -70,9 +72,31 @@ impl Refetch {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A request's `kid` is unknown: the fetch to wait for (the running one, or the next).
-    pub(super) fn ask(&self) -> Ticket {
-        let mut state = self.state();
+    /// A request's `kid` is missing from the set that fetch `seen` brought: the fetch to wait
+    /// for. A fetch begun since (running, or ended while the request looked) is joined, so a
+    /// request that lost the race with a fetch looks in its set before asking for another.
+    pub(super) fn ask(&self, seen: u64) -> Ticket {
+        let state = self.state();
+        if !state.running && state.started > seen {
+            return Ticket {
+                fetch: state.started,
+                fresh: false,
+            };
+        }
+        self.join_or_start(state)
+    }
+
+    /// After a stale ticket's fetch lacked the `kid`: anything running now started after the
+    /// request arrived (the stale one has ended), and anything later does too.
+    pub(super) fn ask_again(&self) -> Ticket {
+        Ticket {
+            fresh: true,
+            ..self.join_or_start(self.state())
+        }
+    }
+
+    /// The running fetch (stale: it may have begun before the request arrived), or the next.
+    fn join_or_start(&self, mut state: MutexGuard<'_, State>) -> Ticket {
         if state.running {
             return Ticket {
                 fetch: state.started,
@@ -84,15 +108,6 @@ impl Refetch {
         drop(state);
         self.wake.notify_one();
         Ticket { fetch, fresh: true }
-    }
-
-    /// After a stale ticket's fetch lacked the `kid`: anything running now started after the
-    /// request arrived (the stale one has ended), and anything later does too.
-    pub(super) fn ask_again(&self) -> Ticket {
-        Ticket {
-            fresh: true,
-            ..self.ask()
-        }
     }
 
     /// Waits until the ticket's fetch has finished; `false` if `deadline` came first.
@@ -161,15 +176,31 @@ mod tests {
     #[test]
     fn a_request_joins_the_running_fetch_or_waits_for_the_next() {
         let refetch = Refetch::new(Duration::from_secs(5));
-        let first = refetch.ask();
+        let first = refetch.ask(0);
         assert!(first.is_fresh());
         let n = refetch.begin();
         assert_eq!(n, first.fetch);
-        let joined = refetch.ask();
+        let joined = refetch.ask(0);
         assert_eq!((joined.fetch, joined.is_fresh()), (n, false));
         refetch.end(n);
         let again = refetch.ask_again();
         assert_eq!((again.fetch, again.is_fresh()), (n + 1, true));
+    }
+
+    #[test]
+    fn a_request_that_looked_before_a_fetch_ended_looks_again_first() {
+        let refetch = Refetch::new(Duration::from_secs(5));
+        // The request looked in the set of fetch 1 while fetch 2 ran; 2 ended before it asked.
+        let n = refetch.begin();
+        refetch.end(n);
+        let m = refetch.begin();
+        refetch.end(m);
+        let ticket = refetch.ask(n);
+        assert_eq!((ticket.fetch, ticket.is_fresh()), (m, false));
+        assert!(!refetch.state().wanted, "no fetch asked for");
+        // Fetch 2 lacked the kid too: now one is asked for.
+        let again = refetch.ask_again();
+        assert_eq!((again.fetch, again.is_fresh()), (m + 1, true));
     }
 
     #[test]
@@ -181,7 +212,7 @@ mod tests {
 
             // No on-demand fetch yet: the first request is served at once.
             let t0 = Instant::now();
-            refetch.ask();
+            refetch.ask(0);
             refetch.next_fetch(far).await;
             assert_eq!(Instant::now(), t0);
             let n = refetch.begin();
@@ -189,7 +220,7 @@ mod tests {
 
             // One second later another request asks: it waits for the cool-down to end.
             tokio::time::advance(Duration::from_secs(1)).await;
-            let ticket = refetch.ask();
+            let ticket = refetch.ask(n);
             refetch.next_fetch(far).await;
             assert_eq!(Instant::now(), t0 + cooldown);
             let n = refetch.begin();
@@ -199,7 +230,7 @@ mod tests {
 
             // The periodic refresh comes when due, cool-down or not.
             let periodic = Instant::now() + Duration::from_millis(10);
-            refetch.ask();
+            refetch.ask(n);
             refetch.next_fetch(periodic).await;
             assert_eq!(Instant::now(), periodic);
         });
@@ -211,7 +242,7 @@ mod tests {
             let refetch = Refetch::new(Duration::from_secs(5));
             // A request asks; the fetch that serves it starts before the task looks at the
             // wake-up (a periodic fetch, say).
-            refetch.ask();
+            refetch.ask(0);
             let n = refetch.begin();
             refetch.end(n);
             let periodic = Instant::now() + Duration::from_secs(60);
@@ -228,7 +259,7 @@ mod tests {
     fn waiting_is_bounded_by_the_deadline() {
         paused_runtime().block_on(async {
             let refetch = Refetch::new(Duration::from_secs(5));
-            let ticket = refetch.ask();
+            let ticket = refetch.ask(0);
             let deadline = Instant::now() + Duration::from_secs(2);
             assert!(!refetch.wait(ticket, deadline).await);
             assert_eq!(Instant::now(), deadline);

@@ -36,9 +36,19 @@ impl<'de> Deserialize<'de> for Member {
 }
 
 impl Member {
-    fn as_str(&self) -> Option<&str> {
+    pub(super) fn as_str(&self) -> Option<&str> {
         match self {
             Member::Present(Value::String(s)) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+impl Member {
+    /// A string member of an object member (`o.id`).
+    pub(super) fn field(&self, name: &str) -> Option<&str> {
+        match self {
+            Member::Present(Value::Object(map)) => map.get(name).and_then(Value::as_str),
             _ => None,
         }
     }

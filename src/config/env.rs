@@ -108,6 +108,14 @@ pub const ENV_OVERRIDES: &[EnvOverride] = &[
         },
     },
     EnvOverride {
+        var: "OTEL_EXPORTER_OTLP_ENDPOINT",
+        sets: "tracing.otlp_endpoint (OpenTelemetry's standard variable)",
+        apply: |c, v| {
+            c.tracing.otlp_endpoint = Some(v);
+            Ok(())
+        },
+    },
+    EnvOverride {
         var: "STREAM_API_KEY",
         sets: "stream.api_key",
         apply: |c, v| {

@@ -11,8 +11,10 @@ mod env;
 mod limits;
 mod ops;
 mod redis;
+mod routes;
 mod server;
 mod stream;
+mod traces;
 mod types;
 mod upstream;
 
@@ -29,8 +31,10 @@ pub use limits::{
     RedisUrl,
 };
 pub use ops::{AdminConfig, LogConfig, LogFormat, LogLevel};
+pub use routes::{AuthMode, IdentityConfig, RouteConfig};
 pub use server::{ServerConfig, TlsConfig};
 pub use stream::{StreamConfig, read_secret_file};
+pub use traces::{OtlpProtocol, TracingConfig};
 use types::any_duration;
 pub use types::{
     AllowedAlgorithm, CidrNet, FieldName, JwksUrl, PositiveDuration, Secret, UpstreamUrl,
@@ -96,6 +100,13 @@ pub struct Config {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub admin: AdminConfig,
+    /// The route table (`[[routes]]`): forwarded paths that need a verified session.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    #[serde(default)]
+    pub identity: IdentityConfig,
+    #[serde(default)]
+    pub tracing: TracingConfig,
     /// Directory that relative paths in the file are resolved against (the file's own folder).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -144,6 +155,8 @@ impl Config {
         self.stream.validate(self.dev)?;
         self.limits.validate()?;
         self.cors.validate()?;
+        routes::validate_routes(&self.routes)?;
+        self.tracing.validate()?;
         let listen = self.server.listen;
         if self.auth.trusts_dev_keys()
             && !listen.ip().is_loopback()
@@ -326,6 +339,24 @@ mod tests {
         config.stream.api_secret = Some(Secret::new("s"));
         config.validate()?;
         Ok(config)
+    }
+
+    #[test]
+    fn an_upstream_health_path_is_a_path() {
+        let with = |path: &str| format!("{PROD}\n[upstream]\nhealth_path = \"{path}\"\n");
+        let config = validated(&with("/healthz?deep=1")).expect("a path and query");
+        assert_eq!(
+            config.upstream.health_path.as_deref(),
+            Some("/healthz?deep=1")
+        );
+        assert!(!config.admin.ready_requires_upstream, "off by default");
+        for bad in ["healthz", "http://node/healthz", "/a b"] {
+            let err = validated(&with(bad)).unwrap_err();
+            assert!(
+                err.to_string().contains("upstream.health_path"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

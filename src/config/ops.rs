@@ -52,6 +52,9 @@ pub struct AdminConfig {
     pub enabled: bool,
     /// Where they are served. In a pod, `0.0.0.0:9090` so the kubelet and Prometheus reach it.
     pub listen: SocketAddr,
+    /// `/readyz` also requires the upstream: a TCP connect to `upstream.url`, or a `2xx` from
+    /// `upstream.health_path` when set, checked at most once a second.
+    pub ready_requires_upstream: bool,
 }
 
 impl Default for AdminConfig {
@@ -59,6 +62,7 @@ impl Default for AdminConfig {
         Self {
             enabled: true,
             listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            ready_requires_upstream: false,
         }
     }
 }

@@ -21,9 +21,12 @@ pub struct UpstreamConfig {
     pub pool_idle_timeout: PositiveDuration,
     /// Idle connections kept to the upstream, per worker thread.
     pub pool_max_idle: usize,
-    /// Retry an idempotent, bodiless request once when the upstream closed a pooled connection
-    /// before answering.
+    /// Retry an idempotent, bodiless request once, on a new connection, when the upstream
+    /// closed or reset its connection before answering.
     pub retry_idempotent: bool,
+    /// The upstream's health check, `GET` by `/readyz` when `admin.ready_requires_upstream`
+    /// (a `2xx` means ready); unset, a TCP connect is the check.
+    pub health_path: Option<String>,
     /// A WebSocket tunnel with no bytes either way for this long is closed; `"0s"` = never.
     #[serde(deserialize_with = "any_duration")]
     pub tunnel_idle_timeout: Duration,
@@ -38,6 +41,7 @@ impl Default for UpstreamConfig {
             pool_idle_timeout: PositiveDuration::secs(4),
             pool_max_idle: 256,
             retry_idempotent: true,
+            health_path: None,
             tunnel_idle_timeout: Duration::from_secs(300),
         }
     }
@@ -84,6 +88,13 @@ impl UpstreamConfig {
             return Err(ConfigError::invalid(
                 "upstream.pool_idle_timeout is far longer than upstream.response_timeout; keep \
                  it below the upstream's keep-alive timeout (Node's default is 5s)",
+            ));
+        }
+        if let Some(path) = &self.health_path
+            && (!path.starts_with('/') || http::uri::PathAndQuery::try_from(path.as_str()).is_err())
+        {
+            return Err(ConfigError::invalid(
+                "upstream.health_path must be a path starting with '/', e.g. \"/healthz\"",
             ));
         }
         Ok(())

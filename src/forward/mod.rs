@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
@@ -32,7 +32,7 @@ use tracing::debug;
 use crate::config::{ForwardingConfig, UpstreamConfig};
 use crate::connection::{ClientConn, ConnectionSlot};
 use crate::error::ProxyError;
-use crate::upstream::{PooledBody, SendError, UpstreamPool};
+use crate::upstream::{NewConnection, PooledBody, SendError, UpstreamPool, closed_before_answer};
 
 /// The request body sent upstream: the client's streamed body, or none.
 pub(crate) type UpstreamBody = Either<ProgressBody, Empty<Bytes>>;
@@ -84,12 +84,17 @@ impl Forwarder {
         mut request: Request<Incoming>,
         conn: ClientConn,
         slot: Arc<ConnectionSlot>,
+        identity: &[(HeaderName, HeaderValue)],
     ) -> Result<Forwarded, ProxyError> {
         let upgrade = requested_upgrade(&request);
         refuse_unforwardable(&request, upgrade.is_some())?;
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();
         self.rewrite_for_upstream(&mut parts, upgrade.as_ref(), conn)?;
+        // After the client's copies of these names were removed (`remove_request_headers`).
+        for (name, value) in identity {
+            parts.headers.insert(name.clone(), value.clone());
+        }
 
         let started = Instant::now();
         let mut response = if body.is_end_stream() {
@@ -150,7 +155,8 @@ impl Forwarder {
     }
 
     /// A bodiless request can be rebuilt, so a connection the upstream closed under us
-    /// (usually a pooled one it timed out) is retried once, for idempotent methods.
+    /// (usually a pooled one it timed out) is retried once, for idempotent methods, on a new
+    /// connection.
     fn retry_copy(&self, parts: &http::request::Parts) -> Option<Request<UpstreamBody>> {
         (self.retry_idempotent && is_idempotent(&parts.method)).then(|| {
             let mut copy = Request::new(Either::Right(Empty::new()));
@@ -158,6 +164,7 @@ impl Forwarder {
             *copy.uri_mut() = parts.uri.clone();
             *copy.version_mut() = parts.version;
             *copy.headers_mut() = parts.headers.clone();
+            copy.extensions_mut().insert(NewConnection);
             copy
         })
     }
@@ -279,7 +286,7 @@ fn is_stale_connection(error: &ProxyError) -> bool {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
     while let Some(e) = cause {
         if let Some(h) = e.downcast_ref::<hyper::Error>() {
-            return h.is_incomplete_message() || h.is_canceled();
+            return closed_before_answer(h);
         }
         cause = e.source();
     }

@@ -26,6 +26,8 @@ pub(crate) struct AccessEntry {
     pub(crate) user_id: Option<std::sync::Arc<str>>,
     /// `X-Request-Id`, taken from the client or generated.
     pub(crate) request_id: Option<http::HeaderValue>,
+    /// `(trace id, span id)` when the request is traced.
+    pub(crate) trace: Option<(String, String)>,
     started: Instant,
 }
 
@@ -41,6 +43,7 @@ impl AccessEntry {
             error: None,
             user_id: None,
             request_id: None,
+            trace: None,
             started,
         })
     }
@@ -116,6 +119,8 @@ impl<B: Body + Unpin> Drop for LoggedBody<B> {
             error = e.error,
             user_id = e.user_id.as_deref(),
             request_id = e.request_id.as_ref().and_then(|v| v.to_str().ok()),
+            trace_id = e.trace.as_ref().map(|(trace, _)| trace.as_str()),
+            span_id = e.trace.as_ref().map(|(_, span)| span.as_str()),
             "request"
         );
     }

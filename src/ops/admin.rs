@@ -1,9 +1,10 @@
 //! The admin listener: plain HTTP on its own address, never on the public port.
 //!
 //! - `GET /healthz`: 200 while the process runs.
-//! - `GET /readyz`: 200 when the public listener is up, verification keys are loaded and no
-//!   shutdown has begun (with `"rate_limits":"degraded"` while the shared rate-limit backend
-//!   is skipped); else 503 with the reason.
+//! - `GET /readyz`: 200 when the public listener is up, verification keys are loaded, no
+//!   shutdown has begun and, with `admin.ready_requires_upstream`, the upstream passed its
+//!   check ([`UpstreamCheck`]) (with `"rate_limits":"degraded"` while the shared rate-limit
+//!   backend is skipped); else 503 with the reason.
 //! - `GET /metrics`: Prometheus (OpenMetrics text) exposition.
 
 use std::convert::Infallible;
@@ -23,6 +24,7 @@ use tracing::debug;
 use crate::auth::KeyStore;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
+use crate::ops::upstream_check::UpstreamCheck;
 use crate::tls::CertStore;
 
 impl std::fmt::Debug for AdminState {
@@ -39,6 +41,8 @@ pub(crate) struct AdminState {
     pub(crate) certs: Option<Arc<CertStore>>,
     /// `true` once the public listener is bound and until shutdown begins.
     pub(crate) serving: AtomicBool,
+    /// The upstream's check, when readiness requires it.
+    upstream: Option<UpstreamCheck>,
 }
 
 impl AdminState {
@@ -48,6 +52,7 @@ impl AdminState {
         keys: &Arc<KeyStore>,
         limits: &Arc<Limits>,
         certs: &Option<Arc<CertStore>>,
+        upstream: Option<UpstreamCheck>,
     ) -> Self {
         Self {
             metrics: metrics.clone(),
@@ -55,18 +60,22 @@ impl AdminState {
             limits: limits.clone(),
             certs: certs.clone(),
             serving: AtomicBool::new(true),
+            upstream,
         }
     }
 
     /// `None` when ready, else why not.
-    pub(crate) fn not_ready(&self) -> Option<&'static str> {
+    pub(crate) async fn not_ready(&self) -> Option<&'static str> {
         if !self.serving.load(Ordering::Relaxed) {
             return Some("the public listener is not serving (starting or shutting down)");
         }
         if !self.keys.is_ready() {
             return Some("session verification keys are not loaded yet");
         }
-        None
+        match &self.upstream {
+            Some(check) => check.not_ready().await,
+            None => None,
+        }
     }
 
     fn export_gauges(&self) {
@@ -79,7 +88,7 @@ impl AdminState {
         }
     }
 
-    fn respond(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn respond(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
         if request.method() != Method::GET && request.method() != Method::HEAD {
             return json(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -88,7 +97,7 @@ impl AdminState {
         }
         match request.uri().path() {
             "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
-            "/readyz" => match self.not_ready() {
+            "/readyz" => match self.not_ready().await {
                 // Degraded rate limits do not take the pod out: `on_error` decides what a
                 // request gets meanwhile, and every replica would be degraded at once.
                 None if self.limits.degraded() => json(
@@ -136,8 +145,8 @@ pub(crate) async fn run(listener: TcpListener, state: Arc<AdminState>) {
         let state = state.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
-                let response = state.respond(&request);
-                async move { Ok::<_, Infallible>(response) }
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(state.respond(&request).await) }
             });
             let result = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())

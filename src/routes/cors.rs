@@ -1,6 +1,6 @@
-//! CORS for the routes the proxy answers itself (today the token route): exact origins from
-//! `[cors]`, no wildcard; a preflight from any other origin gets 403 without CORS headers.
-//! Requests without `Origin` (the mobile app) are not affected.
+//! CORS for the token route and the routes that need a session: exact origins from `[cors]`,
+//! no wildcard; a preflight from any other origin gets 403 without CORS headers. Requests
+//! without `Origin` (the mobile app) are not affected.
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
@@ -44,19 +44,25 @@ impl Cors {
     /// Answers `OPTIONS`: a preflight from an allowed origin gets the CORS grant; from any other
     /// origin, 403 without CORS headers; without `Origin`, a plain `Allow`.
     pub(crate) fn preflight(&self, headers: &HeaderMap) -> Result<Response<ProxyBody>, ProxyError> {
+        self.preflight_allowing(headers, &HeaderValue::from_static(ALLOW))
+    }
+
+    /// [`preflight`](Self::preflight) for a route that allows the methods `allow`.
+    pub(crate) fn preflight_allowing(
+        &self,
+        headers: &HeaderMap,
+        allow: &HeaderValue,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
         let mut response = Response::new(ProxyBody::empty());
         *response.status_mut() = StatusCode::NO_CONTENT;
         let out = response.headers_mut();
-        out.insert(header::ALLOW, HeaderValue::from_static(ALLOW));
+        out.insert(header::ALLOW, allow.clone());
         if headers.contains_key(header::ORIGIN) {
             let origin = self
                 .allowed_origin(headers)
                 .ok_or(ProxyError::OriginNotAllowed)?;
             out.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-            out.insert(
-                header::ACCESS_CONTROL_ALLOW_METHODS,
-                HeaderValue::from_static(ALLOW),
-            );
+            out.insert(header::ACCESS_CONTROL_ALLOW_METHODS, allow.clone());
             out.insert(
                 header::ACCESS_CONTROL_ALLOW_HEADERS,
                 HeaderValue::from_static("authorization, content-type"),

@@ -7,7 +7,9 @@
 pub(crate) mod body;
 mod cors;
 pub(crate) mod path;
+mod protected;
 mod request_id;
+pub(crate) mod table;
 pub(crate) mod token;
 
 use std::convert::Infallible;
@@ -21,16 +23,19 @@ use hyper::body::Incoming;
 use tracing::{info, warn};
 
 use crate::auth::{KeyStore, Verifier};
-use crate::config::{Config, ForwardingConfig, UpstreamConfig};
+use crate::config::{Config, ForwardingConfig, IdentityConfig, UpstreamConfig};
 use crate::connection::{ClientConn, ConnectionSlot};
 use crate::error::{Fault, ProxyError};
 use crate::forward::Forwarder;
 use crate::limits::{Limited, Limits};
 use crate::metrics::{Metrics, ROUTES};
 use crate::ops::access_log::{AccessEntry, LoggedBody};
+use crate::ops::traces::{RequestTrace, Traces};
 use crate::routes::body::ProxyBody;
 use crate::routes::path::{AmbiguousPath, RoutePath};
+use crate::routes::protected::IdentityHeaders;
 use crate::routes::request_id::{RequestIds, X_REQUEST_ID};
+use crate::routes::table::RouteTable;
 use crate::routes::token::{TOKEN_PATH, TokenRoute};
 use crate::stream_token::StreamMinter;
 
@@ -45,6 +50,12 @@ pub(crate) struct App {
 /// What every worker's [`App`] shares.
 pub(crate) struct Shared {
     token: TokenRoute,
+    traces: Traces,
+    table: RouteTable,
+    /// The headers that hand Node the verified identity.
+    identity: IdentityConfig,
+    /// `auth.session_cookie`: Clerk's `__session` cookie counts as credentials.
+    session_cookie: bool,
     limits: Arc<Limits>,
     metrics: Arc<Metrics>,
     request_ids: RequestIds,
@@ -60,12 +71,25 @@ impl Shared {
 
     pub(crate) fn new(
         config: &Config,
+        table: RouteTable,
+        traces: Traces,
         keys: &Arc<KeyStore>,
         minter: &Arc<StreamMinter>,
         limits: &Arc<Limits>,
         metrics: &Arc<Metrics>,
     ) -> Arc<Self> {
-        let verifier = Verifier::new(&config.auth, keys.clone());
+        let mut verifier = Verifier::new(&config.auth, keys.clone());
+        if config.identity.claims_header.is_some() && !table.is_empty() {
+            verifier = verifier.keeping_claims();
+        }
+        // Anti-spoofing: whatever the route, a client's copies of the identity headers never
+        // reach Node.
+        let mut forwarding = config.forwarding.clone();
+        for name in config.identity.header_names() {
+            if !forwarding.remove_request_headers.contains(name) {
+                forwarding.remove_request_headers.push(name.clone());
+            }
+        }
         Arc::new(Self {
             token: TokenRoute::new(
                 config,
@@ -74,11 +98,15 @@ impl Shared {
                 limits.clone(),
                 metrics.clone(),
             ),
+            table,
+            traces,
+            identity: config.identity.clone(),
+            session_cookie: config.auth.session_cookie,
             limits: limits.clone(),
             metrics: metrics.clone(),
             request_ids: RequestIds::default(),
             upstream: config.upstream.clone(),
-            forwarding: config.forwarding.clone(),
+            forwarding,
         })
     }
 }
@@ -100,28 +128,31 @@ struct RequestContext {
     slot: Arc<ConnectionSlot>,
     request_id: HeaderValue,
     entry: Option<AccessEntry>,
+    /// The request's trace, when it is recorded (`ops/traces.rs`).
+    trace: RequestTrace,
     /// HTTP/1 (a refused request's unread body can close the connection).
     http1: bool,
 }
 
-/// The routes, for metrics and the access log.
+/// Where a request goes.
 #[derive(Clone, Copy)]
 enum Route {
+    /// `POST /api/stream/token`, answered here.
     Token,
+    /// Forwarded without auth (no entry of the route table matched).
     Forward,
+    /// An entry of the route table.
+    Table(usize),
 }
 
 impl Route {
-    /// Index into `metrics::ROUTES`.
+    /// Its row in the request metrics: the built-in routes (`metrics::ROUTES`), then the table.
     fn index(self) -> usize {
         match self {
             Self::Token => 0,
             Self::Forward => 1,
+            Self::Table(i) => ROUTES.len() + i,
         }
-    }
-
-    fn name(self) -> &'static str {
-        ROUTES[self.index()]
     }
 }
 
@@ -137,18 +168,25 @@ impl App {
         let mut ctx = self.begin(&mut request, conn, slot);
         let route = match RoutePath::parse(request.uri().path()) {
             Ok(path) if path.is(TOKEN_PATH) => Route::Token,
-            Ok(_) => Route::Forward,
+            Ok(path) => match self.shared.table.find(&path, request.method()) {
+                Some((i, _)) => Route::Table(i),
+                None => Route::Forward,
+            },
             Err(AmbiguousPath) => {
                 let refused = self.respond(Err(ProxyError::AmbiguousPath), &mut ctx);
                 return Ok(self.finish(Route::Forward, refused, ctx));
             }
         };
         if let Some(e) = ctx.entry.as_mut() {
-            e.route = route.name();
+            e.route = self.route_name(route);
         }
         let response = match route {
             Route::Token => self.token_route(request, &mut ctx).await,
-            Route::Forward => self.forward_route(request, &mut ctx).await,
+            Route::Forward => self.forward_route(request, &mut ctx, &Vec::new()).await,
+            Route::Table(i) => match self.shared.table.get(i) {
+                Some(entry) => self.table_route(request, entry, &mut ctx).await,
+                None => self.forward_route(request, &mut ctx, &Vec::new()).await,
+            },
         };
         Ok(self.finish(route, response, ctx))
     }
@@ -162,15 +200,19 @@ impl App {
     ) -> RequestContext {
         let started = Instant::now();
         let request_id = self.shared.request_ids.assign(request.headers_mut());
+        let (method, headers) = (request.method().clone(), request.headers_mut());
+        let trace = self.shared.traces.begin(headers, &method, conn.peer);
         let mut entry = AccessEntry::start(request.method(), request.uri().path(), started);
         if let Some(e) = entry.as_mut() {
             e.request_id = Some(request_id.clone());
+            e.trace = trace.ids();
         }
         RequestContext {
             conn,
             slot,
             request_id,
             entry,
+            trace,
             http1: request.version() < Version::HTTP_2,
         }
     }
@@ -185,7 +227,9 @@ impl App {
         let origin = token.cors.allowed_origin(request.headers());
         let preflight = request.method() == Method::OPTIONS;
         let client_ip = self.client_ip(&request, ctx);
-        let result = token.handle(request, client_ip, &mut ctx.entry).await;
+        let result = token
+            .handle(request, client_ip, &mut ctx.entry, &ctx.trace)
+            .await;
         let mut response = self.respond(result, ctx);
         if !preflight {
             token.cors.decorate(&mut response, origin);
@@ -197,11 +241,21 @@ impl App {
         response
     }
 
-    /// Everything else goes to Node, unless it is `CONNECT` or over a `[[limits.forward]]`.
+    /// The name the metrics and the access log give `route`.
+    fn route_name(&self, route: Route) -> &'static str {
+        match route {
+            Route::Table(i) => self.shared.table.get(i).map_or("forward", |r| r.name),
+            builtin => ROUTES[builtin.index()],
+        }
+    }
+
+    /// Everything else goes to Node (with `identity` added, for a route that verified a
+    /// session), unless it is `CONNECT` or over a `[[limits.forward]]`.
     async fn forward_route(
         &self,
         request: Request<Incoming>,
         ctx: &mut RequestContext,
+        identity: &IdentityHeaders,
     ) -> Response<ProxyBody> {
         if request.method() == Method::CONNECT {
             return self.respond(Err(ProxyError::NotImplemented("CONNECT")), ctx);
@@ -213,9 +267,11 @@ impl App {
         // refused (a transfer coding it cannot undo, a broken chunk): they must never be read
         // as the client's next request, so the connection closes after the answer.
         let close_if_refused = ctx.http1 && !request.body().is_end_stream();
+        let mut request = request;
+        let _upstream_span = ctx.trace.upstream(request.headers_mut());
         let forwarded = self
             .forwarder
-            .forward(request, ctx.conn, ctx.slot.clone())
+            .forward(request, ctx.conn, ctx.slot.clone(), identity)
             .await;
         let result = forwarded.map(|forwarded| {
             let upstream_time = forwarded.upstream_time;
@@ -289,6 +345,7 @@ impl App {
         self.shared
             .metrics
             .request(route.index(), response.status());
+        ctx.trace.finish(self.route_name(route), response.status());
         response
             .headers_mut()
             .insert(X_REQUEST_ID.clone(), ctx.request_id);

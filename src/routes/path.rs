@@ -72,9 +72,30 @@ impl<'a> RoutePath<'a> {
             .any(|form| form.eq_ignore_ascii_case(route.as_bytes()))
     }
 
+    /// Whether any reading of the path is `prefix` or under it, segment by segment (`/api`
+    /// covers `/api` and `/api/x`, not `/apix`); `prefix` is canonical ([`canonical_prefix`]).
+    pub(crate) fn under(&self, prefix: &str) -> bool {
+        let prefix = prefix.as_bytes();
+        if prefix == b"/" {
+            return true;
+        }
+        self.forms().any(|form| {
+            form.len() >= prefix.len()
+                && form[..prefix.len()].eq_ignore_ascii_case(prefix)
+                && (form.len() == prefix.len() || form[prefix.len()] == b'/')
+        })
+    }
+
     fn forms(&self) -> impl Iterator<Item = &[u8]> {
         std::iter::once(self.whole.as_ref()).chain(self.cut.iter().flatten().map(Vec::as_slice))
     }
+}
+
+/// A configured prefix or path in the form [`RoutePath::is`] and [`RoutePath::under`] compare
+/// with: dot segments resolved, no trailing `/`. (Configured paths have no `%`, `\` or `;`
+/// to read: they are the proxy's own spelling.)
+pub(crate) fn canonical_prefix(prefix: &str) -> String {
+    String::from_utf8_lossy(&resolve_segments(Cow::Borrowed(prefix.as_bytes()))).into_owned()
 }
 
 /// The canonical form of `path` up to its first `;`, when it has one.
@@ -241,6 +262,30 @@ mod tests {
         ] {
             assert!(!is_plain(path.as_bytes()), "{path}");
         }
+    }
+
+    #[test]
+    fn a_prefix_covers_every_spelling_of_the_paths_under_it() {
+        let under = |path: &str| RoutePath::parse(path).unwrap().under("/api/admin");
+        for path in [
+            "/api/admin",
+            "/API/Admin",
+            "/api/./admin",
+            "/api/x/../admin",
+            "/api/%61dmin",
+            "/api/admin;x",
+            "/api/admin/",
+            "/api/admin/users/7",
+            "/api\\admin",
+        ] {
+            assert!(under(path), "{path}");
+        }
+        for path in ["/api/adminx", "/api", "/apiadmin", "/api/other/admin", "/"] {
+            assert!(!under(path), "{path}");
+        }
+        assert!(RoutePath::parse("/anything").unwrap().under("/"));
+        assert_eq!(canonical_prefix("/api/admin/"), "/api/admin");
+        assert_eq!(canonical_prefix("/"), "/");
     }
 
     #[test]

@@ -20,10 +20,12 @@ use crate::error::ProxyError;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::ops::access_log::AccessEntry;
+use crate::ops::traces::RequestTrace;
 use crate::routes::body::ProxyBody;
 use crate::routes::cors::{ALLOW, Cors};
 use crate::routes::path::RoutePath;
 use crate::stream_token::StreamMinter;
+use opentelemetry::trace::SpanKind;
 
 /// The route's path. The router also sends every other spelling of it here.
 pub(crate) const TOKEN_PATH: &str = "/api/stream/token";
@@ -77,6 +79,7 @@ impl TokenRoute {
         request: Request<Incoming>,
         client_ip: IpAddr,
         entry: &mut Option<AccessEntry>,
+        trace: &RequestTrace,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         match *request.method() {
             Method::POST => {}
@@ -89,7 +92,7 @@ impl TokenRoute {
             .await
             .map_err(ProxyError::RateLimited)?;
         let token = auth::credentials(request.headers(), self.session_cookie)?;
-        let session = self.verifier.verify(token).await?;
+        let session = verify_traced(&self.verifier, token, trace).await?;
         if let Some(e) = entry.as_mut() {
             e.user_id = Some(session.user_id.clone());
         }
@@ -125,6 +128,21 @@ impl TokenRoute {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         Ok(response)
     }
+}
+
+/// `verifier.verify(token)` in a `verify session` span of the request's trace.
+pub(crate) async fn verify_traced(
+    verifier: &Verifier,
+    token: &str,
+    trace: &RequestTrace,
+) -> Result<Session, ProxyError> {
+    let mut span = trace.child("verify session", SpanKind::Internal);
+    let verified = verifier.verify(token).await;
+    match &verified {
+        Ok(session) => trace.user(&session.user_id),
+        Err(e) => span.fail(e.code()),
+    }
+    Ok(verified?)
 }
 
 /// The old route took `{"userId": ..., "userName": ...}`. An empty body is fine; so is a JSON

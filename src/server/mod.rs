@@ -7,9 +7,11 @@ mod worker;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::FutureExt as _;
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode, Version};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -24,7 +26,7 @@ use tracing::{debug, info, warn};
 use crate::StartError;
 use crate::config::{Config, ServerConfig};
 use crate::connection::ClientConn;
-use crate::connection::{ConnectionSlot, Idleness, PerIpConnections, TrackedBody};
+use crate::connection::{ConnectionSlot, Idleness, InFlight, PerIpConnections, TrackedBody};
 use crate::metrics::Metrics;
 use crate::routes::App;
 use crate::routes::Shared;
@@ -32,6 +34,11 @@ use crate::server::worker::Worker;
 use crate::tls::{self, CertStore};
 
 type Builder = auto::Builder<TokioExecutor>;
+
+/// How long an HTTP/1 connection stays open once the drain begins (see
+/// [`drain_close_delay`]): long enough for a request already on its way, and for
+/// a client sending steadily to send one more and be told to go.
+const DRAIN_CLOSE_DELAY: Duration = Duration::from_secs(1);
 
 /// HTTP/2 flow-control windows the proxy grants clients: what one stream (256 KiB) and one
 /// connection (1 MiB) may upload before the upstream has taken it.
@@ -236,25 +243,29 @@ impl Connection {
     /// first request within `first_request` (before hyper has a request to time, it has no
     /// timer of its own: the HTTP/1-vs-2 sniff and the HTTP/2 preface would wait forever), or
     /// nothing in flight for `idle` (HTTP/2 then gets a GOAWAY; hyper itself closes idle
-    /// HTTP/1 keep-alive connections after `header_read_timeout`).
+    /// HTTP/1 keep-alive connections after `header_read_timeout`). On shutdown it closes as
+    /// [`drain_close_delay`] says.
     async fn serve_http<I>(mut self, io: I, conn: ClientConn, app: Arc<App>, builder: &Builder)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let slot = self.slot.clone();
         let service = service_fn(move |request| {
+            let http1 = request.version() < Version::HTTP_2;
             let in_flight = slot.request_started(request.version());
             // `handle`'s own future, mapped, not an `async` block around it: the block would
             // hold that future (several KiB) a second time, and hyper moves this one once per
             // request.
             app.clone()
                 .handle(request, conn, slot.clone())
-                .map(|answered| answered.map(|r| r.map(|body| TrackedBody::new(body, in_flight))))
+                .map(move |answered| answered.map(|r| tracked(r, http1, in_flight)))
         });
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
         tokio::pin!(connection);
         let (peer, t) = (self.peer, self.timeouts);
         let mut closing = false;
+        // When the drain closes this connection (set once it begins).
+        let mut close_at: Option<Instant> = None;
         loop {
             let (idleness, check_again) = self.slot.idleness(t.first_request, t.idle);
             match idleness {
@@ -280,7 +291,10 @@ impl Connection {
                     }
                     return;
                 }
-                _ = self.shutdown.wait_for(|stop| *stop), if !closing => {
+                _ = self.shutdown.wait_for(|stop| *stop), if !closing && close_at.is_none() => {
+                    close_at = Some(Instant::now() + drain_close_delay(&self.slot));
+                }
+                _ = sleep_for(close_at.map(|at| at.saturating_duration_since(Instant::now()))), if !closing => {
                     connection.as_mut().graceful_shutdown();
                     closing = true;
                 }
@@ -288,6 +302,31 @@ impl Connection {
             }
         }
     }
+}
+
+/// The drain began: how long until it closes this connection. HTTP/2 at once (GOAWAY:
+/// the client knows which requests were not taken). An HTTP/1 connection after
+/// [`DRAIN_CLOSE_DELAY`], its responses meanwhile saying `Connection: close`: closed at
+/// once, an idle one would reset a request already on its way (or sent in that instant),
+/// which the client cannot tell from a failure; this way such a request is answered and
+/// the client told to go.
+fn drain_close_delay(slot: &ConnectionSlot) -> Duration {
+    match slot.start_draining() {
+        true => Duration::ZERO,
+        false => DRAIN_CLOSE_DELAY,
+    }
+}
+
+/// The response with its body tracked (in flight until the body is done); during the drain an
+/// HTTP/1 response also says its connection closes after it.
+fn tracked<B>(response: Response<B>, http1: bool, in_flight: InFlight) -> Response<TrackedBody<B>> {
+    let closes = http1 && in_flight.draining();
+    let mut response = response.map(|body| TrackedBody::new(body, in_flight));
+    if closes && response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        let close = HeaderValue::from_static("close");
+        response.headers_mut().insert(header::CONNECTION, close);
+    }
+    response
 }
 
 /// Sleeps for `duration`, or forever for `None`.

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -35,6 +35,7 @@ pub mod binary;
 pub mod clerk;
 pub mod fake_upstream;
 pub mod h2raw;
+pub mod otlp;
 pub mod redis;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -88,17 +89,56 @@ pub fn start_node(script: &Path, env: &[(&str, &str)]) -> (ChildGuard, u16) {
 
 /// The Node upstream under `tests/upstream/server.js`.
 pub struct NodeUpstream {
-    _child: ChildGuard,
+    child: ChildGuard,
     pub port: u16,
+    env: Vec<(String, String)>,
 }
 
 impl NodeUpstream {
     pub fn start() -> Self {
-        let (child, port) = start_node(&manifest_dir().join("tests/upstream/server.js"), &[]);
+        Self::start_with(&[])
+    }
+
+    /// Started with `env` (the opt-in variables server.js documents); a restart keeps them.
+    pub fn start_with(env: &[(&str, &str)]) -> Self {
+        let (child, port) = start_node(&Self::script(), env);
         Self {
-            _child: child,
+            child,
             port,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         }
+    }
+
+    fn script() -> PathBuf {
+        manifest_dir().join("tests/upstream/server.js")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.0.id()
+    }
+
+    /// SIGKILLs the process by its PID and reaps it: the port is closed when this returns.
+    pub fn kill(&mut self) {
+        let _ = self.child.0.kill();
+        let _ = self.child.0.wait();
+    }
+
+    /// A new process on the same port and env (after [`kill`](Self::kill)); returns once it
+    /// listens.
+    pub fn restart(&mut self) {
+        let port = self.port.to_string();
+        let mut env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        env.push(("PORT", &port));
+        let (child, port) = start_node(&Self::script(), &env);
+        assert_eq!(port, self.port, "restarted on the same port");
+        self.child = child;
     }
 
     pub fn url(&self) -> String {
@@ -597,6 +637,55 @@ pub async fn node_call(port: u16, method: &str, path: &str) -> serde_json::Value
         .expect("node answers in time")
         .expect("node answers");
     body_json(response).await
+}
+
+/// One request as Node saw it (`/_t/seen`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Seen {
+    pub method: String,
+    pub url: String,
+    /// "complete", or "aborted" when the body never completed.
+    pub state: String,
+}
+
+impl Seen {
+    pub fn complete(method: &str, url: &str) -> Self {
+        Self {
+            method: method.into(),
+            url: url.into(),
+            state: "complete".into(),
+        }
+    }
+}
+
+pub async fn node_seen(port: u16) -> Vec<Seen> {
+    // A forwarded head may still be on its way: give it a moment, then wait until no request
+    // at Node is still open (a body being streamed or aborted).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let deadline = Instant::now() + STEP;
+    loop {
+        let now = node_call(port, "GET", "/_t/seen").await;
+        let open = now["seen"]
+            .as_array()
+            .expect("seen list")
+            .iter()
+            .any(|e| e["state"] == "open");
+        if !open || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let list = node_call(port, "GET", "/_t/seen?clear=1").await;
+    list["seen"]
+        .as_array()
+        .expect("seen list")
+        .iter()
+        .map(|e| Seen {
+            method: e["method"].as_str().unwrap_or_default().into(),
+            url: e["url"].as_str().unwrap_or_default().into(),
+            state: e["state"].as_str().unwrap_or_default().into(),
+        })
+        .collect()
 }
 
 /// The Node upstream's `/_t/stats`, asked directly.

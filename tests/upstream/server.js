@@ -25,10 +25,22 @@
 //   POST /_t/drop-next           the next request (any path but /_t/stats) gets its socket
 //                                destroyed without an answer, as a keep-alive race would
 //   GET  /_t/ws (Upgrade)        WebSocket echo (text, binary, ping, close)
+//   GET  /_t/browser             tests/upstream/browser.html (the page tests/browser.rs drives)
 //   GET  /_t/old-token-hits      {"hits":[url, ...]}: requests that a Node router would have sent
 //                                to the old, unauthenticated token handler (see oldTokenRoute)
 //
 // Listens on 127.0.0.1 and PORT (0 = ephemeral) and prints {"port":N} on stdout when ready.
+//
+// Opt-in, for scripts/pod-lifecycle.sh (unset, the server behaves as described above: it
+// listens at once and, like any Node process without a handler, dies at once on SIGTERM):
+//   STARTUP_DELAY_MS=N       listen only after N ms, like an app that loads and connects first
+//   DRAIN_ON_SIGTERM_MS=N    on SIGTERM do what a real app's handler does: stop accepting, close
+//                            idle keep-alive connections, answer in-flight requests with
+//                            `Connection: close`, exit once every connection has closed or after
+//                            N ms, whichever comes first
+// Opt-in, for tests/upstream_restarts.rs:
+//   KEEP_ALIVE_TIMEOUT_MS=N  server.keepAliveTimeout (Node's default 5000). Node 20 closes an
+//                            idle keep-alive socket 1 s later than this (its internal buffer)
 const http = require('http');
 const crypto = require('crypto');
 const legacyUrl = require('url');
@@ -131,8 +143,18 @@ function download(res, total) {
   pump();
 }
 
+const drainMs = Number(process.env.DRAIN_ON_SIGTERM_MS || 0);
+let draining = false; // DRAIN_ON_SIGTERM_MS: SIGTERM arrived
 const server = http.createServer((req, res) => {
   requests++;
+  if (drainMs > 0) {
+    // Once draining, every response (also those already in flight) closes its connection.
+    const writeHead = res.writeHead;
+    res.writeHead = function (...args) {
+      if (draining) this.setHeader('connection', 'close');
+      return writeHead.apply(this, args);
+    };
+  }
   const entry = logSeen(req);
   if (oldTokenRoute(req)) {
     counters.old_token_handler++;
@@ -161,6 +183,11 @@ const server = http.createServer((req, res) => {
   }
   if (path === '/api/hello') return json(res, 200, { message: 'hello' });
   if (path === '/_t/old-token-hits') return json(res, 200, { hits: oldTokenHits });
+  if (path === '/_t/browser') {
+    const page = require('fs').readFileSync(require('path').join(__dirname, 'browser.html'));
+    res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'content-length': page.length });
+    return res.end(page);
+  }
   if (path === '/_t/stats') return json(res, 200, { requests: requests - 1, ...counters });
   if (path === '/_t/seen') {
     const list = seen;
@@ -241,6 +268,8 @@ const server = http.createServer((req, res) => {
   );
 });
 
+if (process.env.KEEP_ALIVE_TIMEOUT_MS) server.keepAliveTimeout = Number(process.env.KEEP_ALIVE_TIMEOUT_MS);
+
 server.on('connection', (socket) => {
   counters.connections++;
   counters.open_connections++;
@@ -317,9 +346,22 @@ function frame(opcode, payload) {
   return Buffer.concat([header, payload]);
 }
 
-server.listen(Number(process.env.PORT || 0), '127.0.0.1', () => {
-  process.stdout.write(JSON.stringify({ port: server.address().port }) + '\n');
-});
+function listen() {
+  server.listen(Number(process.env.PORT || 0), '127.0.0.1', () => {
+    process.stdout.write(JSON.stringify({ port: server.address().port }) + '\n');
+  });
+}
+const startupDelayMs = Number(process.env.STARTUP_DELAY_MS || 0);
+if (startupDelayMs > 0) setTimeout(listen, startupDelayMs);
+else listen();
+if (drainMs > 0) {
+  process.on('SIGTERM', () => {
+    draining = true;
+    server.close(() => process.exit(0)); // stops accepting; called back once all have closed
+    server.closeIdleConnections();
+    setTimeout(() => process.exit(0), drainMs).unref();
+  });
+}
 // Stop when the test that started us goes away (stdin closes), so no process outlives a run.
 // Only a pipe is watched: started by hand with `&`, stdin is a terminal (reading it from the
 // background would stop the process) or /dev/null (at end at once).

@@ -1,0 +1,141 @@
+//! `[[routes]]` and `[identity]`: which forwarded paths need a verified Clerk session, and
+//! the headers that hand Node the verified identity. With no routes (the default), every path
+//! but the token route is forwarded unchanged, without auth.
+
+use serde::Deserialize;
+
+use super::{ConfigError, FieldName};
+
+/// One entry of the route table. The first entry that matches a request wins; a request no
+/// entry matches is forwarded without auth. The token route is answered by the proxy whatever
+/// the table says.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// The route's name, in metrics and the access log (a bounded set).
+    pub name: String,
+    /// Paths at or under this prefix (segment-wise: `/api` covers `/api` and `/api/x`, not
+    /// `/apix`), read the way Node routers read them (the token route's rule).
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// Exact paths, read the same way.
+    #[serde(default)]
+    pub paths: Vec<String>,
+    /// Only these methods match (any, when empty).
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub auth: AuthMode,
+    /// Pass the client's `Authorization` header on to Node (it may want the token).
+    #[serde(default = "yes")]
+    pub forward_authorization: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// What a route asks of the client.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// A valid Clerk session, or 401 and nothing reaches Node.
+    Required,
+    /// No credentials: forwarded without identity; credentials that fail: 401.
+    Optional,
+    /// Forwarded as any other path (identity headers still removed).
+    #[default]
+    None,
+}
+
+/// The headers that carry the verified identity to Node. A client's own copies of these are
+/// removed from every forwarded request, so Node can trust them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    /// The verified `sub`.
+    pub user_id_header: FieldName,
+    /// The session id (`sid`).
+    pub session_id_header: FieldName,
+    /// The active organization (`o.id`, or v1 `org_id`), when the session has one.
+    pub org_id_header: FieldName,
+    /// The role in it (`o.rol`, or v1 `org_role`).
+    pub org_role_header: FieldName,
+    /// Also send the verified claims (the token's payload, base64url JSON) in this header.
+    /// Off unless set.
+    pub claims_header: Option<FieldName>,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        let name = |n: &'static str| FieldName(http::HeaderName::from_static(n));
+        Self {
+            user_id_header: name("x-clerk-user-id"),
+            session_id_header: name("x-clerk-session-id"),
+            org_id_header: name("x-clerk-org-id"),
+            org_role_header: name("x-clerk-org-role"),
+            claims_header: None,
+        }
+    }
+}
+
+impl IdentityConfig {
+    /// Every header name the proxy sets for Node (and so removes from clients).
+    pub fn header_names(&self) -> impl Iterator<Item = &FieldName> {
+        [
+            &self.user_id_header,
+            &self.session_id_header,
+            &self.org_id_header,
+            &self.org_role_header,
+        ]
+        .into_iter()
+        .chain(&self.claims_header)
+    }
+}
+
+impl RouteConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let route = &self.name;
+        let invalid = |why: String| ConfigError::invalid(format!("routes `{route}`: {why}"));
+        let plain = |b: u8| b.is_ascii_alphanumeric() || b"_-.".contains(&b);
+        if route.is_empty() || !route.bytes().all(plain) {
+            return Err(invalid(
+                "the name must be letters, digits, `_`, `-` or `.`".into(),
+            ));
+        }
+        if self.prefix.is_none() && self.paths.is_empty() {
+            return Err(invalid("give a `prefix` or `paths`".into()));
+        }
+        for path in self.prefix.iter().chain(&self.paths) {
+            if !path.starts_with('/') || path.starts_with("//") {
+                return Err(invalid(format!("`{path}` must start with a single /")));
+            }
+        }
+        for method in &self.methods {
+            if http::Method::from_bytes(method.as_bytes()).is_err() {
+                return Err(invalid(format!("`{method}` is not an HTTP method")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The table's rules: each entry's, and names unique (they label metrics).
+pub fn validate_routes(routes: &[RouteConfig]) -> Result<(), ConfigError> {
+    for (i, route) in routes.iter().enumerate() {
+        route.validate()?;
+        if routes[..i].iter().any(|r| r.name == route.name) {
+            return Err(ConfigError::invalid(format!(
+                "routes: the name `{}` is used twice",
+                route.name
+            )));
+        }
+        if matches!(route.name.as_str(), "token" | "forward") {
+            return Err(ConfigError::invalid(format!(
+                "routes: `{}` is the name of a built-in route",
+                route.name
+            )));
+        }
+    }
+    Ok(())
+}
