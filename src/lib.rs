@@ -57,7 +57,7 @@ pub use dev_profile::dev_token;
 
 use crate::auth::KeyStore;
 use crate::auth::keys::KeyError;
-use crate::config::{ConfigError, Secret};
+use crate::config::{ConfigError, RouteConfig, Secret};
 use crate::dev_profile::{DevProfileError, DevSigner};
 use crate::limits::{Limits, RedisSetupError};
 use crate::metrics::Metrics;
@@ -171,6 +171,7 @@ pub async fn start(mut config: Config) -> Result<ProxyHandle, StartError> {
     let keys = Arc::new(key_store(&config, metrics.clone())?);
     let minter = Arc::new(StreamMinter::new(&config.stream, &stream_secret(&config)?));
     let limits = Arc::new(limits(&config, &metrics)?);
+    let table = table.with_limits(&limits);
     let traces = Traces::start(&config.tracing, &metrics).map_err(|message| ConfigError {
         origin: "tracing".into(),
         message,
@@ -258,8 +259,8 @@ fn secret_file(config: &Config) -> Option<std::path::PathBuf> {
     }
 }
 
-/// The rate limits on the configured backend (not waiting for Redis), with the CA file that
-/// signs a `rediss://` server read now.
+/// The rate limits on the configured backend (not waiting for Redis): `[limits]` and the
+/// routes' own, with the CA file that signs a `rediss://` server read now.
 fn limits(config: &Config, metrics: &Arc<Metrics>) -> Result<Limits, StartError> {
     let ca_pem = match &config.limits.redis.ca_file {
         Some(file) => {
@@ -273,7 +274,17 @@ fn limits(config: &Config, metrics: &Arc<Metrics>) -> Result<Limits, StartError>
         }
         None => None,
     };
-    Ok(Limits::start(&config.limits, Vec::new(), ca_pem, metrics)?)
+    let route_policies = config
+        .routes
+        .iter()
+        .filter_map(RouteConfig::rate_policy)
+        .collect();
+    Ok(Limits::start(
+        &config.limits,
+        route_policies,
+        ca_pem,
+        metrics,
+    )?)
 }
 
 /// The key store the configuration names (exactly one source; `Config::validate` checks).

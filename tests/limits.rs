@@ -207,6 +207,23 @@ async fn forwarded_paths_are_limited_only_under_a_configured_prefix() {
     let second = client.h1(get("/api/hello")).await;
     assert_eq!(second.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(body_json(second).await["error"], "rate_limited");
+    // The prefix is matched the way the route table matches: no spelling dodges it.
+    for spelling in [
+        "/API/Hello",
+        "/api/./hello",
+        "/api/x/../hello",
+        "/api/%68ello",
+        "/api/hello;x",
+        "/api/hello/more",
+    ] {
+        let status = client.h1(get(spelling)).await.status();
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{spelling}");
+    }
+    assert_eq!(
+        client.h1(get("/api/hellos")).await.status(),
+        StatusCode::OK,
+        "segment by segment"
+    );
     for _ in 0..5 {
         assert_eq!(
             client.h1(get("/other")).await.status(),

@@ -320,3 +320,65 @@ async fn a_websocket_upgrade_to_a_protected_prefix_needs_a_session() {
     );
     f.proxy.stop().await;
 }
+
+/// Routes with limits of their own: per user after the session, per IP before it.
+const LIMITED_ROUTES: &str = r#"
+    [[routes]]
+    name = "messages"
+    prefix = "/api/messages"
+    auth = "required"
+    rate_limit = { per = "user", requests = 3, period = "1m" }
+    [[routes]]
+    name = "search"
+    prefix = "/api/search"
+    auth = "required"
+    rate_limit = { per = "ip", requests = 2, period = "1m" }
+"#;
+
+async fn statuses(f: &Protected, path: &str, token: Option<&str>, n: usize) -> Vec<u16> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(f.client.h1(request(path, token)).await.status().as_u16());
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_route_limit_counts_per_user_or_per_ip_before_the_session_is_checked() {
+    let f = Protected::start(|c| c.routes = routes(LIMITED_ROUTES)).await;
+    let (alice, bob) = (f.token("user_alice"), f.token("user_bob"));
+
+    // Per user: alice's fourth request is refused; bob has his own three.
+    let alice_got = statuses(&f, "/api/messages/1", Some(&alice), 4).await;
+    assert_eq!(alice_got, [200, 200, 200, 429]);
+    let refused = f.client.h1(request("/api/messages/1", Some(&alice))).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    let header = |name: &str| refused.headers()[name].to_str().unwrap().to_owned();
+    assert_eq!(header("ratelimit-policy"), r#""route:messages";q=3;w=60"#);
+    assert!(header("ratelimit").starts_with(r#""route:messages";r=0;t="#));
+    assert!(header("retry-after").parse::<u64>().unwrap() >= 1);
+    assert_eq!(body_json(refused).await["error"], "rate_limited");
+    assert_eq!(
+        statuses(&f, "/api/messages/1", Some(&bob), 3).await,
+        [200; 3]
+    );
+    assert_eq!(
+        f.seen().await.len(),
+        6,
+        "only the admitted requests reached Node"
+    );
+
+    // Per IP, before any session work: once over, even a bad token gets 429, not 401.
+    let ip_got = statuses(&f, "/api/search?q=a", Some(&alice), 3).await;
+    assert_eq!(ip_got, [200, 200, 429]);
+    let garbage = f.client.h1(request("/api/search", Some("not-a-jwt"))).await;
+    assert_eq!(garbage.status(), StatusCode::TOO_MANY_REQUESTS);
+
+    let refused_total = |limiter: &str| {
+        let line = format!("stream_token_proxy_rate_limited_total{{limiter=\"{limiter}\"}} ");
+        common::admin::metric(&f.proxy, &line)
+    };
+    assert_eq!(refused_total("route:messages"), 2.0);
+    assert_eq!(refused_total("route:search"), 2.0);
+    f.proxy.stop().await;
+}

@@ -163,6 +163,50 @@ async fn two_proxies_sharing_one_redis_admit_exactly_the_burst_for_one_user_and_
 /// Checks of one key that arrive together share a script call (the batch counts each of
 /// them), and two proxies still admit exactly the burst.
 #[tokio::test]
+async fn a_routes_own_limit_holds_across_two_proxies_sharing_one_redis() {
+    let Some(redis) = RedisServer::start(None) else {
+        return;
+    };
+    let url = redis.url();
+    let fleet = fleet(2, |c| {
+        use_redis(c, &url, OnError::Deny);
+        c.routes = toml::from_str::<RouteTable>(
+            r#"
+            [[routes]]
+            name = "messages"
+            prefix = "/api/messages"
+            auth = "required"
+            rate_limit = { per = "user", requests = 4, period = "1m" }
+            "#,
+        )
+        .unwrap()
+        .routes;
+    })
+    .await;
+    let mut clients = Clients::of(&fleet).await;
+    let token = fleet.key.sign(&claims("user_route"));
+    let mut statuses = Vec::new();
+    for i in 0..8 {
+        let request = http::Request::get("/api/messages/7")
+            .header("host", "localhost")
+            .header("authorization", format!("Bearer {token}"))
+            .body(empty())
+            .unwrap();
+        let response = send_h2(&mut clients.0[i % 2], request).await;
+        statuses.push(response.status());
+        body_bytes(response).await;
+    }
+    assert_eq!(count(&statuses, StatusCode::OK), 4, "{statuses:?}");
+    assert_eq!(count(&statuses, StatusCode::TOO_MANY_REQUESTS), 4);
+    assert_eq!(redis.key_count("stp:rl:route:messages:"), 1);
+}
+
+#[derive(serde::Deserialize)]
+struct RouteTable {
+    routes: Vec<stream_token_proxy::config::RouteConfig>,
+}
+
+#[tokio::test]
 async fn concurrent_checks_of_one_key_share_round_trips_and_count_exactly() {
     let Some(redis) = RedisServer::start(None) else {
         return;

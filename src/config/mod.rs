@@ -31,7 +31,7 @@ pub use limits::{
     RedisUrl,
 };
 pub use ops::{AdminConfig, LogConfig, LogFormat, LogLevel};
-pub use routes::{AuthMode, IdentityConfig, RouteConfig};
+pub use routes::{AuthMode, IdentityConfig, LimitPer, RouteConfig, RouteLimit};
 pub use server::{ServerConfig, TlsConfig};
 pub use stream::{StreamConfig, read_secret_file};
 pub use traces::{OtlpProtocol, TracingConfig};

@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 
-use super::{ConfigError, FieldName};
+use super::{ConfigError, FieldName, KeyedBy, PolicySpec, RateConfig};
 
 /// One entry of the route table. The first entry that matches a request wins; a request no
 /// entry matches is forwarded without auth. The token route is answered by the proxy whatever
@@ -29,6 +29,28 @@ pub struct RouteConfig {
     /// Pass the client's `Authorization` header on to Node (it may want the token).
     #[serde(default = "yes")]
     pub forward_authorization: bool,
+    /// A rate limit of the route's own. Off unless set.
+    #[serde(default)]
+    pub rate_limit: Option<RouteLimit>,
+}
+
+/// `requests` per `period` (burst `burst`) on one route, counted per client IP (before any
+/// session work) or per verified user (after; a request without a session, on an `optional`
+/// route, counts against its IP).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteLimit {
+    pub per: LimitPer,
+    #[serde(flatten)]
+    pub rate: RateConfig,
+}
+
+/// What a route's limit counts by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LimitPer {
+    Ip,
+    User,
 }
 
 fn yes() -> bool {
@@ -94,6 +116,25 @@ impl IdentityConfig {
 }
 
 impl RouteConfig {
+    /// The route's limit as an entry of the limiter registry, `route:<name>` (its name in
+    /// metrics and the `RateLimit` headers).
+    pub fn rate_policy(&self) -> Option<PolicySpec> {
+        let limit = self.rate_limit.as_ref()?;
+        let keyed_by = match limit.per {
+            LimitPer::Ip => KeyedBy::Ip,
+            LimitPer::User => KeyedBy::User,
+        };
+        let id = format!("route:{}", self.name);
+        let setting = format!("routes `{}` rate_limit", self.name);
+        Some(PolicySpec::new(
+            id.clone(),
+            id,
+            setting,
+            limit.rate.clone(),
+            keyed_by,
+        ))
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         let route = &self.name;
         let invalid = |why: String| ConfigError::invalid(format!("routes `{route}`: {why}"));
@@ -116,7 +157,13 @@ impl RouteConfig {
                 return Err(invalid(format!("`{method}` is not an HTTP method")));
             }
         }
-        Ok(())
+        let per_user = self.rate_limit.as_ref().map(|l| l.per) == Some(LimitPer::User);
+        if per_user && self.auth == AuthMode::None {
+            return Err(invalid(
+                "a rate_limit per user needs auth = \"required\" or \"optional\"".into(),
+            ));
+        }
+        self.rate_policy().map_or(Ok(()), |p| p.validate())
     }
 }
 
@@ -138,4 +185,65 @@ pub fn validate_routes(routes: &[RouteConfig]) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(toml: &str) -> Result<Vec<RouteConfig>, String> {
+        #[derive(Deserialize)]
+        struct Table {
+            routes: Vec<RouteConfig>,
+        }
+        toml::from_str::<Table>(toml)
+            .map(|t| t.routes)
+            .map_err(|e| e.to_string())
+    }
+
+    fn with_limit(auth: &str, rate_limit: &str) -> Result<(), String> {
+        let routes = parse(&format!(
+            "[[routes]]\nname = \"r\"\nprefix = \"/r\"\nauth = \"{auth}\"\nrate_limit = {rate_limit}\n"
+        ))?;
+        validate_routes(&routes).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_route_limit_is_validated_with_its_route() {
+        assert_eq!(
+            with_limit("none", r#"{ per = "ip", requests = 5 }"#),
+            Ok(())
+        );
+        assert_eq!(
+            with_limit(
+                "optional",
+                r#"{ per = "user", requests = 5, period = "10s", burst = 2 }"#
+            ),
+            Ok(())
+        );
+        let per_user_without_auth = with_limit("none", r#"{ per = "user", requests = 5 }"#);
+        assert!(
+            per_user_without_auth
+                .unwrap_err()
+                .contains("per user needs auth")
+        );
+        let no_burst = with_limit("none", r#"{ per = "ip", requests = 5, burst = 0 }"#);
+        assert!(no_burst.unwrap_err().contains("burst must be at least 1"));
+        let misspelt = with_limit("none", r#"{ per = "ip", request = 5 }"#);
+        assert!(misspelt.unwrap_err().contains("request"));
+        let unknown_per = with_limit("none", r#"{ per = "org", requests = 5 }"#);
+        assert!(unknown_per.unwrap_err().contains("org"));
+    }
+
+    #[test]
+    fn a_route_limit_is_a_policy_named_after_its_route() {
+        let routes = parse(
+            "[[routes]]\nname = \"chat\"\nprefix = \"/c\"\nauth = \"required\"\nrate_limit = { per = \"user\", requests = 3 }\n",
+        )
+        .unwrap();
+        let policy = routes[0].rate_policy().unwrap();
+        assert_eq!((&*policy.name, &*policy.id), ("route:chat", "route:chat"));
+        assert_eq!(policy.keyed_by, KeyedBy::User);
+        assert_eq!((policy.rate.requests, policy.rate.burst()), (3, 3));
+    }
 }

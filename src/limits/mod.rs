@@ -2,7 +2,8 @@
 //! policy. The policies are one registry (`config::LimitsConfig::policies`, plus any a caller
 //! adds) that the limiters, maintenance, the admin gauges and the metrics all read. The token
 //! route checks per client IP before any JWT work, per verified user before minting, and an
-//! optional global ceiling; `[[limits.forward]]` prefixes check per IP.
+//! optional global ceiling; `[[limits.forward]]` prefixes and the routes' own limits are
+//! policies too (the route table says which one a path meets).
 //!
 //! Backends: `local` counts in this process (`local.rs`, governor over a bounded store);
 //! `redis` counts in Redis for the whole fleet (`redis.rs`, a GCRA script), with a local first
@@ -236,20 +237,10 @@ impl Limits {
         }
     }
 
-    /// Forwarded paths under a configured prefix.
-    pub(crate) async fn check_forward(&self, path: &str, ip: IpAddr) -> Result<(), Limited> {
-        let matched = self
-            .forward
-            .iter()
-            .find(|(prefix, _)| path.starts_with(prefix.as_str()));
-        match matched {
-            Some((_, policy)) => self.check(*policy, &LimitKey::ip(ip)).await,
-            None => Ok(()),
-        }
-    }
-
-    pub(crate) fn has_forward_limits(&self) -> bool {
-        !self.forward.is_empty()
+    /// The `[[limits.forward]]` prefixes with their policies, in config order (the route
+    /// table matches them on the path, as it matches its routes).
+    pub(crate) fn forward_policies(&self) -> &[(String, PolicyId)] {
+        &self.forward
     }
 
     /// `true` while the shared backend is skipped and `on_error` applies (`/readyz` says so).

@@ -27,7 +27,7 @@ use crate::config::{Config, ForwardingConfig, IdentityConfig, UpstreamConfig};
 use crate::connection::{ClientConn, ConnectionSlot};
 use crate::error::{Fault, ProxyError};
 use crate::forward::Forwarder;
-use crate::limits::{Limited, Limits};
+use crate::limits::{LimitKey, Limited, Limits};
 use crate::metrics::{Metrics, ROUTES};
 use crate::ops::access_log::{AccessEntry, LoggedBody};
 use crate::ops::traces::{RequestTrace, Traces};
@@ -292,18 +292,28 @@ impl App {
         response
     }
 
-    /// Per-IP limits on forwarded paths, when configured (none by default).
+    /// Per-IP limits on forwarded paths (`[[limits.forward]]`), when configured (none by
+    /// default).
     async fn check_forward_limit(
         &self,
         request: &Request<Incoming>,
         ctx: &RequestContext,
     ) -> Result<(), Limited> {
-        if !self.shared.limits.has_forward_limits() {
+        let table = &self.shared.table;
+        if !table.has_forward_limits() {
             return Ok(());
         }
-        let ip = self.client_ip(request, ctx);
-        let path = request.uri().path();
-        self.shared.limits.check_forward(path, ip).await
+        // An ambiguous path never gets here: `handle` refused it.
+        let Ok(path) = RoutePath::parse(request.uri().path()) else {
+            return Ok(());
+        };
+        match table.forward_limit(&path) {
+            Some(policy) => {
+                let ip = LimitKey::ip(self.client_ip(request, ctx));
+                self.shared.limits.check(policy, &ip).await
+            }
+            None => Ok(()),
+        }
     }
 
     /// The address rate limits count (`Limits::client_ip`: the peer, or `X-Forwarded-For`

@@ -11,8 +11,9 @@ use hyper::body::Incoming;
 use super::table::TableRoute;
 use super::{App, RequestContext};
 use crate::auth::{self, AuthError, Session};
-use crate::config::{AuthMode, FieldName, IdentityConfig};
+use crate::config::{AuthMode, FieldName, IdentityConfig, LimitPer};
 use crate::error::ProxyError;
+use crate::limits::LimitKey;
 use crate::routes::body::ProxyBody;
 use crate::routes::token::verify_traced;
 
@@ -35,7 +36,7 @@ impl App {
             return self.respond(answer, ctx);
         }
         let origin = cors.allowed_origin(request.headers());
-        let mut response = match self.authenticate(&request, route.auth, ctx).await {
+        let mut response = match self.admit(&request, route, ctx).await {
             Ok(session) => {
                 let identity = session.map_or_else(Vec::new, |s| self.identity_headers(&s));
                 if !route.forward_authorization {
@@ -49,6 +50,39 @@ impl App {
             cors.decorate(&mut response, origin);
         }
         response
+    }
+
+    /// The route's checks in order: its per-IP limit (before any session work), the session,
+    /// its per-user limit (a request without a session counts against its IP).
+    async fn admit(
+        &self,
+        request: &Request<Incoming>,
+        route: &TableRoute,
+        ctx: &mut RequestContext,
+    ) -> Result<Option<Session>, ProxyError> {
+        let Some((per, policy)) = route.limit else {
+            return self.authenticate(request, route.auth, ctx).await;
+        };
+        let limits = &self.shared.limits;
+        let ip = LimitKey::ip(self.client_ip(request, ctx));
+        if per == LimitPer::Ip {
+            limits
+                .check(policy, &ip)
+                .await
+                .map_err(ProxyError::RateLimited)?;
+        }
+        let session = self.authenticate(request, route.auth, ctx).await?;
+        if per == LimitPer::User {
+            let key = match &session {
+                Some(s) => LimitKey::User(s.user_id.clone()),
+                None => ip,
+            };
+            limits
+                .check(policy, &key)
+                .await
+                .map_err(ProxyError::RateLimited)?;
+        }
+        Ok(session)
     }
 
     /// The verified session, if the route wants one and the request has one. `required`: no

@@ -5,7 +5,8 @@
 
 use http::Method;
 
-use crate::config::{AuthMode, RouteConfig};
+use crate::config::{AuthMode, LimitPer, RouteConfig};
+use crate::limits::{Limits, PolicyId};
 use crate::routes::path::{RoutePath, canonical_prefix};
 
 /// One configured route.
@@ -20,6 +21,10 @@ pub(crate) struct TableRoute {
     pub(crate) forward_authorization: bool,
     /// The methods a CORS preflight is granted.
     pub(crate) allow: http::HeaderValue,
+    /// The route's own rate limit (`rate_limit`): what it counts by, and its policy once the
+    /// limits are built ([`RouteTable::with_limits`]).
+    pub(crate) limit: Option<(LimitPer, PolicyId)>,
+    limit_per: Option<LimitPer>,
 }
 
 /// Methods a preflight for a route without `methods` is granted.
@@ -27,12 +32,16 @@ const ANY_METHOD: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
 
 pub(crate) struct RouteTable {
     routes: Vec<TableRoute>,
+    /// `[[limits.forward]]`: per-IP limits on forwarded paths by prefix (canonical), first
+    /// match wins. Matched like the routes' prefixes, so no spelling of a path dodges them.
+    forward_limits: Vec<(String, PolicyId)>,
 }
 
 impl RouteTable {
     pub(crate) fn new(config: &[RouteConfig]) -> Self {
         Self {
             routes: config.iter().map(TableRoute::new).collect(),
+            forward_limits: Vec::new(),
         }
     }
 
@@ -42,6 +51,33 @@ impl RouteTable {
             .iter()
             .enumerate()
             .find(|(_, route)| route.matches(path, method))
+    }
+
+    /// Finds each route's limit among the policies `limits` holds (`route:<name>`, registered
+    /// from [`RouteConfig::rate_policy`]; a limit with `requests = 0` has none: not limited),
+    /// and takes the `[[limits.forward]]` prefixes.
+    pub(crate) fn with_limits(mut self, limits: &Limits) -> Self {
+        self.forward_limits = (limits.forward_policies().iter())
+            .map(|(prefix, policy)| (canonical_prefix(prefix), *policy))
+            .collect();
+        for route in &mut self.routes {
+            route.limit = route.limit_per.and_then(|per| {
+                let policy = limits.policy(&format!("route:{}", route.name))?;
+                Some((per, policy))
+            });
+        }
+        self
+    }
+
+    /// The `[[limits.forward]]` policy `path` is under, if any.
+    pub(crate) fn forward_limit(&self, path: &RoutePath) -> Option<PolicyId> {
+        (self.forward_limits.iter())
+            .find(|(prefix, _)| path.under(prefix))
+            .map(|(_, policy)| *policy)
+    }
+
+    pub(crate) fn has_forward_limits(&self) -> bool {
+        !self.forward_limits.is_empty()
     }
 
     pub(crate) fn get(&self, index: usize) -> Option<&TableRoute> {
@@ -80,6 +116,8 @@ impl TableRoute {
             forward_authorization: config.forward_authorization,
             allow: http::HeaderValue::from_str(&allow)
                 .unwrap_or(http::HeaderValue::from_static(ANY_METHOD)),
+            limit: None,
+            limit_per: config.rate_limit.as_ref().map(|l| l.per),
         }
     }
 
