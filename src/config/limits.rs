@@ -212,10 +212,22 @@ impl LimitsConfig {
         for spec in self.policies() {
             spec.validate()?;
         }
-        for f in &self.forward {
+        for (i, f) in self.forward.iter().enumerate() {
             if !f.prefix.starts_with('/') {
                 return Err(ConfigError::invalid(format!(
                     "limits.forward prefix `{}` must start with /",
+                    f.prefix
+                )));
+            }
+            // Matched case-insensitively, segment-wise: a second spelling would never match.
+            let same = |other: &ForwardLimit| {
+                let plain = |p: &str| p.trim_end_matches('/').to_ascii_lowercase();
+                plain(&other.prefix) == plain(&f.prefix)
+            };
+            if self.forward[..i].iter().any(same) {
+                return Err(ConfigError::invalid(format!(
+                    "limits.forward prefix `{}` is given twice (prefixes match in any case, \
+                     with or without a trailing /)",
                     f.prefix
                 )));
             }

@@ -272,6 +272,17 @@ mod tests {
     }
 
     #[test]
+    fn a_forward_limit_prefix_given_twice_is_refused() {
+        let limit =
+            |prefix: &str| format!("[[limits.forward]]\nprefix = \"{prefix}\"\nrequests = 5\n");
+        let twice = parse(&(limit("/api/upload") + &limit("/API/upload/"))).unwrap();
+        let err = twice.limits.validate().unwrap_err().to_string();
+        assert!(err.contains("`/API/upload/` is given twice"), "{err}");
+        let distinct = parse(&(limit("/api/upload") + &limit("/api/uploads"))).unwrap();
+        distinct.limits.validate().unwrap();
+    }
+
+    #[test]
     fn bad_values_name_the_problem() {
         let cases = [
             (

@@ -71,11 +71,8 @@ impl Default for RedisConfig {
 impl RedisConfig {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         let bad = |message: &str| Err(ConfigError::invalid(format!("limits.redis.{message}")));
-        if self.url.password_in_file {
-            return bad(
-                "url holds a password, which would be committed with the file: give it \
-                 in REDIS_PASSWORD, REDIS_URL or limits.redis.password_file",
-            );
+        if let Some(problem) = &self.url.problem_in_file {
+            return bad(&format!("url: {problem}"));
         }
         if self.key_prefix.len() > 128 {
             return bad("key_prefix is over 128 bytes");
@@ -142,9 +139,10 @@ pub struct RedisUrl {
     pub port: u16,
     pub db: i64,
     pub username: Option<String>,
-    /// The file's URL had a password in it (dropped, and refused by `validate`, whose message
-    /// does not quote the line as a parse error would).
-    password_in_file: bool,
+    /// What is wrong with the file's URL: a password in it, or a parse error. Kept for
+    /// `validate` to report, because a parse error from here would make TOML quote the line,
+    /// password and all.
+    problem_in_file: Option<String>,
 }
 
 impl RedisUrl {
@@ -155,13 +153,14 @@ impl RedisUrl {
             port: 6379,
             db: 0,
             username: None,
-            password_in_file: false,
+            problem_in_file: None,
         }
     }
 
-    /// The URL and the password in it, if any.
+    /// The URL and the password in it, if any. The user information ends at the last `@`, so
+    /// a password may hold `/`, `:` or `@` (percent-encoding them works too).
     pub fn parse(s: &str) -> Result<(Self, Option<Secret>), String> {
-        // Never echo `s` back: it may hold the password.
+        // Never echo `s` or a piece of it back: any piece may be (part of) the password.
         let (tls, rest) = if let Some(rest) = s.strip_prefix("rediss://") {
             (true, rest)
         } else if let Some(rest) = s.strip_prefix("redis://") {
@@ -169,11 +168,11 @@ impl RedisUrl {
         } else {
             return Err("the Redis URL must start with redis:// or rediss://".into());
         };
-        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-        let (userinfo, hostport) = match authority.rsplit_once('@') {
-            Some((userinfo, hostport)) => (Some(userinfo), hostport),
-            None => (None, authority),
+        let (userinfo, rest) = match rest.rsplit_once('@') {
+            Some((userinfo, rest)) => (Some(userinfo), rest),
+            None => (None, rest),
         };
+        let (hostport, path) = rest.split_once('/').unwrap_or((rest, ""));
         let (username, password) = match userinfo.map(|u| u.split_once(':').unwrap_or((u, ""))) {
             Some((user, password)) => (
                 Some(percent_decode(user)?).filter(|u| !u.is_empty()),
@@ -187,8 +186,9 @@ impl RedisUrl {
         let db = match path.trim_end_matches('/') {
             "" => 0,
             db => db
-                .parse()
-                .map_err(|_| format!("the Redis URL's path `/{db}` is not a database number"))?,
+                .parse::<u16>()
+                .map_err(|_| "the Redis URL's path is not a database number (0, 1, ...)")?
+                .into(),
         };
         let url = Self {
             tls,
@@ -196,7 +196,7 @@ impl RedisUrl {
             port,
             db,
             username,
-            password_in_file: false,
+            problem_in_file: None,
         };
         Ok((url, password))
     }
@@ -208,13 +208,13 @@ fn split_host_port(hostport: &str) -> Result<(String, u16), String> {
         _ => (hostport, None),
     };
     if host.is_empty() || host.contains(['/', '?', '#', ' ']) {
-        return Err(format!("the Redis URL has no usable host (`{host}`)"));
+        return Err("the Redis URL has no usable host".into());
     }
     let port = match port {
         None => 6379,
         Some(p) => p
             .parse()
-            .map_err(|_| format!("the Redis URL's port `{p}` is not a number"))?,
+            .map_err(|_| "the Redis URL's port is not a number")?,
     };
     Ok((host.to_string(), port))
 }
@@ -241,12 +241,25 @@ fn percent_decode(s: &str) -> Result<String, String> {
 
 impl TryFrom<String> for RedisUrl {
     type Error = String;
+    /// The file's URL. Never fails: what is wrong is reported by `validate` (see
+    /// `problem_in_file`).
     fn try_from(s: String) -> Result<Self, String> {
-        let (url, password) = Self::parse(&s)?;
-        Ok(Self {
-            password_in_file: password.is_some(),
-            ..url
-        })
+        let url = match Self::parse(&s) {
+            Ok((url, None)) => url,
+            Ok((url, Some(_))) => Self {
+                problem_in_file: Some(
+                    "holds a password, which would be committed with the file: give it in \
+                     REDIS_PASSWORD, REDIS_URL or limits.redis.password_file"
+                        .into(),
+                ),
+                ..url
+            },
+            Err(problem) => Self {
+                problem_in_file: Some(problem),
+                ..Self::local()
+            },
+        };
+        Ok(url)
     }
 }
 
@@ -302,6 +315,38 @@ mod tests {
             assert!(err.contains(want), "{bad}: {err}");
         }
         let from_file = RedisUrl::try_from("redis://:hunter2@h".to_string()).unwrap();
-        assert!(from_file.password_in_file, "refused by validate");
+        assert!(
+            from_file
+                .problem_in_file
+                .unwrap()
+                .contains("holds a password")
+        );
+    }
+
+    #[test]
+    fn a_password_may_hold_slashes_and_no_error_quotes_a_piece_of_the_url() {
+        let (url, password) = RedisUrl::parse("redis://default:hun/ter:2@h@redis:6380/3").unwrap();
+        assert_eq!(password.unwrap().expose(), "hun/ter:2@h");
+        assert_eq!((url.host.as_str(), url.port, url.db), ("redis", 6380, 3));
+        for bad in [
+            "redis://u:sekrit@h:sekrit",
+            "redis://sekrit:6379x",
+            "redis://u:pw@h/sekrit",
+            "redis://u:pw@h/-1",
+        ] {
+            let err = RedisUrl::parse(bad).unwrap_err();
+            assert!(
+                !err.contains("sekrit") && !err.contains("-1"),
+                "{bad}: {err}"
+            );
+        }
+        // From the file, a bad URL is reported by validate, not as a TOML parse error (which
+        // would quote the line, password and all).
+        let config: RedisConfig = toml::from_str(r#"url = "redis://u:sekrit@h:sekrit""#).unwrap();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("limits.redis.url") && !err.contains("sekrit"),
+            "{err}"
+        );
     }
 }

@@ -83,6 +83,21 @@ impl Batches {
         }
         None
     }
+
+    /// A call's task ended without [`Batches::next`] (it panicked, or the runtime dropped
+    /// it): frees its place, so the key is not blocked for good, and tells the checks queued
+    /// behind it that Redis was skipped.
+    pub(super) fn abandon(&self, key: &str) {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(state) = in_flight.get_mut(key) else {
+            return;
+        };
+        answer_all(std::mem::take(&mut state.queued), Answer::Skipped);
+        state.calls = state.calls.saturating_sub(1);
+        if state.calls == 0 {
+            in_flight.remove(key);
+        }
+    }
 }
 
 /// Keys with reserved cells held at once (only hot keys of large-burst limits have any).
@@ -150,6 +165,29 @@ impl Reserved {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_abandoned_call_frees_its_place_and_answers_the_queue() {
+        let batches = Batches::default();
+        let waiter = || {
+            let (tx, rx) = oneshot::channel();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+            (Waiter { tx, deadline }, rx)
+        };
+        for _ in 0..CALLS_PER_KEY {
+            assert!(batches.join("k", waiter().0).is_some());
+        }
+        let (queued, mut answer) = waiter();
+        assert!(batches.join("k", queued).is_none(), "queued");
+        for _ in 0..CALLS_PER_KEY {
+            batches.abandon("k");
+        }
+        assert!(matches!(answer.try_recv(), Ok(Answer::Skipped)));
+        assert!(
+            batches.join("k", waiter().0).is_some(),
+            "the key is free again"
+        );
+    }
 
     fn waiter() -> (Waiter, oneshot::Receiver<Answer>) {
         let (tx, rx) = oneshot::channel();

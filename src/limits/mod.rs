@@ -192,7 +192,8 @@ impl Limits {
     }
 
     /// Counts one request for `key` against `policy`: on the backend, behind the first tier,
-    /// `on_error` when the backend cannot answer. Waits at most `limits.redis.timeout`.
+    /// `on_error` when the backend cannot answer. Waits at most `limits.redis.timeout`
+    /// (plus a 5 ms margin).
     pub(crate) async fn check(&self, policy: PolicyId, key: &LimitKey) -> Result<(), Limited> {
         let Some(entry) = self.entries.get(policy.0) else {
             return Ok(());

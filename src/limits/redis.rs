@@ -1,14 +1,15 @@
 //! The shared backend: GCRA in Redis (`gcra.lua`), on Redis's clock, one script call per
 //! round trip. Each worker thread drives its own connection. Checks of one key that arrive
 //! together share calls (the script counts n requests at once); a limit with a large burst
-//! reserves a few cells per call for a hot key. A check waits at most `limits.redis.timeout`;
+//! reserves a few cells per call for a hot key. A check waits at most `limits.redis.timeout`
+//! (plus [`ANSWER_MARGIN`]);
 //! a failed or late one reports `Unavailable` and the caller applies `on_error`. Connecting is
 //! never waited for on a request: a background probe connects (at start-up, and after the
 //! circuit opened), with back-off, on a fresh connection each time (so a connection stuck on a
 //! refused password or a dead peer is left behind). One log line per change of state.
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -26,11 +27,21 @@ use crate::config::{OnError, RedisConfig};
 use crate::metrics::{BackendOutcome, Metrics};
 
 thread_local! {
-    /// A worker thread's connection, for the backend (its address) and probe generation it
-    /// was made for.
-    static WORKER_CONN: RefCell<Option<((usize, u64), ConnectionManager)>> =
-        const { RefCell::new(None) };
+    /// A worker thread's connection.
+    static WORKER_CONN: RefCell<Option<WorkerConn>> = const { RefCell::new(None) };
 }
+
+/// A worker thread's own connection, for the backend and probe generation it was made for.
+struct WorkerConn {
+    /// [`Shared::id`] and [`Shared::generation`] when it was made.
+    id: (u64, u64),
+    conn: ConnectionManager,
+    /// It has answered a PING: calls may go over it.
+    ready: Arc<AtomicBool>,
+}
+
+/// Numbers the backends of this process (tests run several), for [`WorkerConn::id`].
+static NEXT_BACKEND_ID: AtomicU64 = AtomicU64::new(0);
 
 /// What Redis said about one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +63,8 @@ pub(crate) struct RedisBackend {
 }
 
 struct Shared {
+    /// This backend's number in the process.
+    id: u64,
     client: Client,
     conn: ArcSwapOption<ConnectionManager>,
     script: Script,
@@ -85,6 +98,7 @@ impl RedisBackend {
             .map_err(|_| RedisSetupError("needs a running tokio runtime".into()))?;
         crate::crypto::install_default_provider();
         let shared = Arc::new(Shared {
+            id: NEXT_BACKEND_ID.fetch_add(1, Ordering::Relaxed),
             client: client(config, ca_pem)?,
             conn: ArcSwapOption::empty(),
             script: Script::new(include_str!("gcra.lua")),
@@ -157,11 +171,35 @@ const ANSWER_MARGIN: Duration = Duration::from_millis(5);
 
 /// Runs `batch` for `key`, then whatever queued for it meanwhile, until nothing did.
 async fn run_batches(shared: Arc<Shared>, key: String, gcra: Gcra, mut batch: Vec<Waiter>) {
+    let mut place = CallPlace {
+        shared: &shared,
+        key: &key,
+        held: true,
+    };
     loop {
         shared.run_batch(&key, gcra, batch).await;
         match shared.batches.next(&key) {
             Some(next) => batch = next,
-            None => return,
+            None => {
+                place.held = false;
+                return;
+            }
+        }
+    }
+}
+
+/// A call's place among its key's calls in flight; given back if the task ends early (a
+/// panic, or the runtime dropping it at shutdown), so the key's checks never queue forever.
+struct CallPlace<'a> {
+    shared: &'a Shared,
+    key: &'a str,
+    held: bool,
+}
+
+impl Drop for CallPlace<'_> {
+    fn drop(&mut self) {
+        if self.held {
+            self.shared.batches.abandon(self.key);
         }
     }
 }
@@ -169,6 +207,14 @@ async fn run_batches(shared: Arc<Shared>, key: String, gcra: Gcra, mut batch: Ve
 impl Shared {
     /// One script call counting every check of `batch`, answered in their order.
     async fn run_batch(self: &Arc<Self>, key: &str, gcra: Gcra, batch: Vec<Waiter>) {
+        // Checks that queued behind a slow call past their own deadline time out, but Redis
+        // did not fail them: no call for them, and nothing for the circuit breaker.
+        let now = tokio::time::Instant::now();
+        let (batch, expired): (Vec<_>, Vec<_>) = batch.into_iter().partition(|w| w.deadline > now);
+        answer_all(expired, Answer::TimedOut);
+        if batch.is_empty() {
+            return;
+        }
         let conn = self.worker_conn().filter(|_| !self.breaker.is_open());
         let (Some(conn), Some(deadline)) = (conn, batch.iter().map(|w| w.deadline).min()) else {
             return answer_all(batch, Answer::Skipped);
@@ -248,30 +294,33 @@ impl Shared {
     }
 
     /// This worker thread's own connection (each worker runs its own runtime: a connection
-    /// driven there costs no hop to another thread per call). Made again, in the background,
-    /// after each successful probe, so none stays stuck on a dead peer or a refused password.
+    /// driven there costs no hop to another thread per call). Made again after each
+    /// successful probe, so none stays stuck on a dead peer or a refused password. A new one
+    /// connects in the background: until it has answered, the calls go over the probe's
+    /// connection (connected, script loaded), so no check spends its timeout on a connect.
     fn worker_conn(self: &Arc<Self>) -> Option<ConnectionManager> {
-        self.conn.load().as_ref()?;
-        let id = (
-            Arc::as_ptr(self) as usize,
-            self.generation.load(Ordering::Acquire),
-        );
+        let probed = self.conn.load_full()?;
+        let id = (self.id, self.generation.load(Ordering::Acquire));
         WORKER_CONN.with(|slot| {
             let mut slot = slot.borrow_mut();
-            if let Some((mine, conn)) = slot.as_ref()
-                && *mine == id
-            {
-                return Some(conn.clone());
+            match slot.as_ref() {
+                Some(mine) if mine.id == id && mine.ready.load(Ordering::Acquire) => {
+                    return Some(mine.conn.clone());
+                }
+                Some(mine) if mine.id == id => return Some((*probed).clone()),
+                _ => {}
             }
             let conn =
                 ConnectionManager::new_lazy_with_config(self.client.clone(), self.manager_config())
                     .ok()?;
-            let mut warm = conn.clone();
+            let ready = Arc::new(AtomicBool::new(false));
+            let (mut warm, warmed) = (conn.clone(), ready.clone());
             tokio::spawn(async move {
-                let _: Result<(), RedisError> = redis::cmd("PING").query_async(&mut warm).await;
+                let ping: Result<(), RedisError> = redis::cmd("PING").query_async(&mut warm).await;
+                warmed.store(ping.is_ok(), Ordering::Release);
             });
-            *slot = Some((id, conn.clone()));
-            Some(conn)
+            *slot = Some(WorkerConn { id, conn, ready });
+            Some((*probed).clone())
         })
     }
 
