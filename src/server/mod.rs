@@ -15,6 +15,7 @@ use http::{Response, StatusCode, Version};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use rustls::HandshakeKind;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -225,6 +226,8 @@ impl Connection {
         let peer = self.peer;
         match tokio::time::timeout(self.timeouts.handshake, acceptor.accept(stream)).await {
             Ok(Ok(stream)) => {
+                let resumed = stream.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed);
+                metrics.tls_handshake(resumed);
                 let conn = ClientConn { peer, tls: true };
                 self.serve_http(stream, conn, app, &builder).await;
             }
