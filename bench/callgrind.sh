@@ -11,7 +11,11 @@
 #   MODE=token-cold bench/callgrind.sh POST /api/stream/token, a distinct session (sub, sid) per
 #                                      request: every request misses the verified-session and
 #                                      Stream-token caches (what production's 60 s tokens do)
+#   MODE=h2 bench/callgrind.sh         GET /api/hello over HTTP/2: h2load, one connection, 10
+#                                      streams at a time (its one TLS handshake, ~1/N of a
+#                                      request each, is in the count)
 #   TARGET=nginx bench/callgrind.sh    the same pass-through measurement of the peers' nginx
+#                                      (with `http2` on its listener for MODE=h2)
 #                                      (its nginx.conf.in, one worker, no master process)
 #   TRACING=1 bench/callgrind.sh       with OpenTelemetry export on: a trace started for every
 #                                      request (sample_ratio = 1.0), spans sent over OTLP/HTTP to
@@ -66,7 +70,9 @@ if [ "$MODE" = token-cold ]; then count=$((N + WARMUP + 1)); fi
 out="$work/cg.out"
 if [ "$TARGET" = nginx ]; then
   mkdir -p "$work/nginx/tmp"
-  sed -e 's/@UPSTREAM_PORT@/18402/; s/@PORT@/18410/; s/^worker_processes .*/worker_processes 1;/' \
+  listen=18410
+  if [ "$MODE" = h2 ]; then listen="18410 http2"; fi
+  sed -e "s/@UPSTREAM_PORT@/18402/; s/@PORT@/$listen/; s/^worker_processes .*/worker_processes 1;/" \
     -e "s#\.\./certs/#$work/certs/#" "$PEERS/nginx/nginx.conf.in" >"$work/nginx/nginx.conf"
   valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
     nginx -p "$work/nginx/" -e "$work/nginx/error.log" -c "$work/nginx/nginx.conf" \
@@ -80,6 +86,12 @@ target=$!
 pids+=("$target")
 for _ in $(seq 600); do (exec 3<>/dev/tcp/127.0.0.1/18410) 2>/dev/null && break; sleep 0.1; done
 sleep 1 # let the first JWKS fetch land
+if [ "$MODE" = h2 ]; then
+  h2load -n "$WARMUP" -c 1 -m 10 https://127.0.0.1:18410/api/hello >/dev/null
+  callgrind_control -i on "$target" >/dev/null
+  h2load -n "$N" -c 1 -m 10 https://127.0.0.1:18410/api/hello | grep '^status codes'
+  callgrind_control -i off "$target" >/dev/null
+else
 # One connection: WARMUP requests, instrumentation on, N requests, instrumentation off.
 MODE=$MODE TOKENS=$tokens TARGET_PID=$target N=$N WARMUP=$WARMUP python3 - <<'PY'
 import http.client, os, ssl, subprocess
@@ -115,6 +127,7 @@ run(int(os.environ["N"]))
 instrumentation("off")
 conn.close()
 PY
+fi
 kill -TERM "$target"; wait "$target" || true
 total=$(awk '/^totals:/ {print $2; exit}' "$out")
 name=$MODE
