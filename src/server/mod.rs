@@ -256,12 +256,15 @@ impl Connection {
         let service = service_fn(move |request| {
             let http1 = request.version() < Version::HTTP_2;
             let in_flight = slot.request_started(request.version());
-            // `handle`'s own future, mapped, not an `async` block around it: the block would
-            // hold that future (several KiB) a second time, and hyper moves this one once per
-            // request.
-            app.clone()
-                .handle(request, conn, slot.clone())
-                .map(move |answered| answered.map(|r| tracked(r, http1, in_flight)))
+            // `handle`'s own future, mapped, not an `async` block around it (the block would
+            // hold that future, several KiB, a second time), and boxed: hyper moves the
+            // service's future into its dispatcher, and over HTTP/2 into a task it spawns per
+            // stream, and a box moves as a pointer.
+            Box::pin(
+                app.clone()
+                    .handle(request, conn, slot.clone())
+                    .map(move |answered| answered.map(|r| tracked(r, http1, in_flight))),
+            )
         });
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
         tokio::pin!(connection);
