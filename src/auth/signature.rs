@@ -116,3 +116,60 @@ fn parse(key: &DecodingKey, params: Params) -> Option<ParsedPublicKey> {
         (DecodingKeyKind::RsaModulusExponent { .. }, Params::Ec(_)) => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_lc_rs::rand::SystemRandom;
+    use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+
+    /// A P-256 key pair and its public key as a JWK.
+    fn p256() -> (EcdsaKeyPair, Jwk) {
+        let rng = SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let pair =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).unwrap();
+        let point = pair.public_key().as_ref();
+        let jwk = serde_json::from_value(serde_json::json!({
+            "kty": "EC", "crv": "P-256", "kid": "k",
+            "x": URL_SAFE_NO_PAD.encode(&point[1..33]), "y": URL_SAFE_NO_PAD.encode(&point[33..]),
+        }))
+        .unwrap();
+        (pair, jwk)
+    }
+
+    #[test]
+    fn a_key_verifies_only_for_the_algorithms_it_can_serve() {
+        let (pair, jwk) = p256();
+        let key = PublicKey::from_jwk(&jwk).expect("an EC key parses");
+        let message = b"header.payload";
+        let signature = pair.sign(&SystemRandom::new(), message).unwrap();
+        let signature = URL_SAFE_NO_PAD.encode(signature.as_ref());
+        assert!(key.verify(Algorithm::ES256, message, &signature));
+        assert!(!key.verify(Algorithm::ES256, b"header.other", &signature));
+        // A P-256 key serves ES256 only: not another curve's algorithm, not RSA.
+        assert!(!key.verify(Algorithm::ES384, message, &signature));
+        assert!(!key.verify(Algorithm::RS256, message, &signature));
+    }
+
+    #[test]
+    fn bad_signatures_are_refused_without_a_panic() {
+        let (_, jwk) = p256();
+        let key = PublicKey::from_jwk(&jwk).unwrap();
+        let too_long = "A".repeat(4 * MAX_SIGNATURE_LEN);
+        for signature in ["", "!!!", "AAAA=", too_long.as_str()] {
+            assert!(
+                !key.verify(Algorithm::ES256, b"m", signature),
+                "{signature:.8}"
+            );
+        }
+    }
+
+    #[test]
+    fn keys_no_accepted_algorithm_can_use_are_skipped() {
+        let secret: Jwk =
+            serde_json::from_value(serde_json::json!({"kty": "oct", "k": "c2VjcmV0"})).unwrap();
+        assert!(PublicKey::from_jwk(&secret).is_none(), "an HMAC secret");
+        assert!(PublicKey::from_pem(b"not a pem").is_none());
+    }
+}
