@@ -8,11 +8,20 @@
 # User space only (the kernel is not counted).
 #   bench/callgrind.sh                 GET /api/hello (pass-through)
 #   MODE=token bench/callgrind.sh      POST /api/stream/token with one session token
+#   MODE=token-cold bench/callgrind.sh POST /api/stream/token, a distinct session (sub, sid) per
+#                                      request: every request misses the verified-session and
+#                                      Stream-token caches (what production's 60 s tokens do)
+#   MODE=h2 bench/callgrind.sh         GET /api/hello over HTTP/2: h2load, one connection, 10
+#                                      streams at a time (its one TLS handshake, ~1/N of a
+#                                      request each, is in the count)
 #   TARGET=nginx bench/callgrind.sh    the same pass-through measurement of the peers' nginx
+#                                      (with `http2` on its listener for MODE=h2)
 #                                      (its nginx.conf.in, one worker, no master process)
 #   TRACING=1 bench/callgrind.sh       with OpenTelemetry export on: a trace started for every
 #                                      request (sample_ratio = 1.0), spans sent over OTLP/HTTP to
 #                                      a local sink that answers 200 (the export thread counts)
+#   PROXY_BIN=/path/to/binary          measure that build (another commit's, for a before/after)
+#                                      instead of building this tree
 #   N=3000 WARMUP=200                  the defaults
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -20,7 +29,11 @@ PEERS="${PEERS:-$ROOT/../shared/peers}"
 MODE=${MODE:-get}
 TARGET=${TARGET:-proxy}
 command -v valgrind >/dev/null || apt-get install -y -qq valgrind
-cd "$ROOT" && cargo build --release --locked -q
+cd "$ROOT"
+if [ -z "${PROXY_BIN:-}" ]; then
+  cargo build --release --locked -q
+  PROXY_BIN="$ROOT/target/release/stream-token-proxy"
+fi
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
@@ -48,14 +61,18 @@ openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days 2 -subj "/CN=localhost" 
   -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
   -keyout "$work/certs/server.key" -out "$work/certs/server.crt" 2>/dev/null
 cat "$work/certs/server.crt" "$work/certs/server.key" >"$work/certs/server.pem"
-token=$(cd "$PEERS" && node jwks/mint.js --count 1 --ttl 600)
-
 N=${N:-3000}
 WARMUP=${WARMUP:-200}
+tokens="$work/tokens.txt"
+count=1
+if [ "$MODE" = token-cold ]; then count=$((N + WARMUP + 1)); fi
+(cd "$PEERS" && node jwks/mint.js --count "$count" --ttl 600) >"$tokens"
 out="$work/cg.out"
 if [ "$TARGET" = nginx ]; then
   mkdir -p "$work/nginx/tmp"
-  sed -e 's/@UPSTREAM_PORT@/18402/; s/@PORT@/18410/; s/^worker_processes .*/worker_processes 1;/' \
+  listen=18410
+  if [ "$MODE" = h2 ]; then listen="18410 http2"; fi
+  sed -e "s/@UPSTREAM_PORT@/18402/; s/@PORT@/$listen/; s/^worker_processes .*/worker_processes 1;/" \
     -e "s#\.\./certs/#$work/certs/#" "$PEERS/nginx/nginx.conf.in" >"$work/nginx/nginx.conf"
   valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
     nginx -p "$work/nginx/" -e "$work/nginx/error.log" -c "$work/nginx/nginx.conf" \
@@ -63,27 +80,41 @@ if [ "$TARGET" = nginx ]; then
 else
   PROXY_LISTEN=127.0.0.1:18410 TLS_CERT="$work/certs/server.crt" TLS_KEY="$work/certs/server.key" \
     valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
-    "$ROOT/target/release/stream-token-proxy" --config "$work/proxy.toml" >/dev/null 2>&1 &
+    "$PROXY_BIN" --config "$work/proxy.toml" >/dev/null 2>&1 &
 fi
 target=$!
 pids+=("$target")
 for _ in $(seq 600); do (exec 3<>/dev/tcp/127.0.0.1/18410) 2>/dev/null && break; sleep 0.1; done
 sleep 1 # let the first JWKS fetch land
+if [ "$MODE" = h2 ]; then
+  h2load -n "$WARMUP" -c 1 -m 10 https://127.0.0.1:18410/api/hello >/dev/null
+  callgrind_control -i on "$target" >/dev/null
+  h2load -n "$N" -c 1 -m 10 https://127.0.0.1:18410/api/hello | grep '^status codes'
+  callgrind_control -i off "$target" >/dev/null
+else
 # One connection: WARMUP requests, instrumentation on, N requests, instrumentation off.
-MODE=$MODE TOKEN=$token TARGET_PID=$target N=$N WARMUP=$WARMUP python3 - <<'PY'
+MODE=$MODE TOKENS=$tokens TARGET_PID=$target N=$N WARMUP=$WARMUP python3 - <<'PY'
 import http.client, os, ssl, subprocess
 ctx = ssl.create_default_context()
 ctx.check_hostname = False
 ctx.verify_mode = ssl.CERT_NONE
 conn = http.client.HTTPSConnection("127.0.0.1", 18410, context=ctx, timeout=60)
-if os.environ["MODE"] == "token":
+tokens = iter(open(os.environ["TOKENS"]).read().split())
+if os.environ["MODE"].startswith("token"):
     method, path, body = "POST", "/api/stream/token", b"{}"
-    headers = {"Authorization": "Bearer " + os.environ["TOKEN"], "Content-Type": "application/json"}
+    token = next(tokens)
+    cold = os.environ["MODE"] == "token-cold"
+    def headers():
+        # token-cold: the next never-seen token; token: the same one every time.
+        return {"Authorization": "Bearer " + (next(tokens) if cold else token),
+                "Content-Type": "application/json"}
 else:
-    method, path, body, headers = "GET", "/api/hello", None, {}
+    method, path, body = "GET", "/api/hello", None
+    def headers():
+        return {}
 def run(n):
     for _ in range(n):
-        conn.request(method, path, body=body, headers=headers)
+        conn.request(method, path, body=body, headers=headers())
         response = conn.getresponse()
         response.read()
         assert response.status == 200, response.status
@@ -96,6 +127,7 @@ run(int(os.environ["N"]))
 instrumentation("off")
 conn.close()
 PY
+fi
 kill -TERM "$target"; wait "$target" || true
 total=$(awk '/^totals:/ {print $2; exit}' "$out")
 name=$MODE

@@ -47,6 +47,9 @@ struct ReloadLabels {
 /// The built-in routes, first in [`Metrics::requests`]; the route table's follow.
 pub(crate) const ROUTES: [&str; 2] = ["token", "forward"];
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+/// `tls_handshakes_total{kind}`: a full handshake (certificate signature, key exchange), or
+/// one resumed from a TLS 1.3 ticket or the TLS 1.2 session cache.
+const HANDSHAKE_KINDS: [&str; 2] = ["full", "resumed"];
 
 pub struct Metrics {
     registry: Registry,
@@ -68,6 +71,8 @@ pub struct Metrics {
     pub(crate) open_tunnels: Gauge,
     connection_closes: Family<ReasonLabel, Counter>,
     pub tls_handshake_failures: Counter,
+    /// Completed TLS handshakes, in the order of [`HANDSHAKE_KINDS`].
+    tls_handshakes: [Counter; 2],
     /// Spans handed to the OTLP collector, and spans dropped (queue full, export failing).
     pub(crate) trace_spans_exported: Counter,
     pub(crate) trace_spans_dropped: Counter,
@@ -176,9 +181,18 @@ impl Metrics {
         );
         let backend_requests = BACKEND_OUTCOMES
             .map(|outcome| backend_family.get_or_create_owned(&OutcomeLabel { outcome }));
+        let handshake_family: Family<KindLabel, Counter> = registered(
+            &mut registry,
+            "tls_handshakes",
+            "TLS handshakes completed, full or resumed",
+            Family::default(),
+        );
+        let tls_handshakes =
+            HANDSHAKE_KINDS.map(|kind| handshake_family.get_or_create_owned(&KindLabel { kind }));
         Self {
             requests,
             backend_requests,
+            tls_handshakes,
             backend_duration: registered(
                 &mut registry,
                 "rate_limit_backend_duration_seconds",
@@ -337,6 +351,11 @@ impl Metrics {
         self.upstream_errors
             .get_or_create(&KindLabel { kind })
             .inc();
+    }
+
+    /// A TLS handshake completed; `resumed` when it skipped the certificate.
+    pub(crate) fn tls_handshake(&self, resumed: bool) {
+        self.tls_handshakes[usize::from(resumed)].inc();
     }
 
     /// A connection closed (or refused) for `reason`: `idle`, `no_request`, `per_ip_limit`,

@@ -17,6 +17,9 @@ use tracing::warn;
 
 /// ALPN protocols we serve, in order of preference.
 const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+/// TLS 1.2 sessions kept for resumption by session id (clients without ticket support), a
+/// few hundred bytes each; the oldest is dropped first.
+const TLS12_SESSION_CACHE_SIZE: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -111,8 +114,13 @@ pub(crate) fn server_config(store: Arc<CertStore>) -> Result<rustls::ServerConfi
         .with_no_client_auth()
         .with_cert_resolver(store);
     config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
-    // Stateless resumption (TLS 1.3 tickets) spares returning mobile clients a full handshake.
+    // Resumption spares a returning mobile client the certificate signature. Tickets (TLS 1.3,
+    // and TLS 1.2 clients that offer them) are stateless, under a ticket key that rotates every
+    // 6 hours (the previous one still decrypts); the other TLS 1.2 clients resume from a
+    // bounded in-memory cache. One config serves every worker, so any worker resumes.
     config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
+    config.session_storage =
+        rustls::server::ServerSessionMemoryCache::new(TLS12_SESSION_CACHE_SIZE);
     Ok(config)
 }
 

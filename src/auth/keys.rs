@@ -16,14 +16,15 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use jsonwebtoken::Algorithm;
 use jsonwebtoken::jwk::Jwk;
-use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::Deserialize;
 use tracing::{debug, info, warn};
 
 use super::AuthError;
 use super::cache::{KeyId, SessionCache};
 use super::refetch::Refetch;
+use super::signature::PublicKey;
 use crate::config::AuthConfig;
 use crate::metrics::Metrics;
 
@@ -35,7 +36,8 @@ const MAX_RETIRED_KIDS: usize = 32;
 
 /// One verification key.
 pub(crate) struct VerifyKey {
-    pub(crate) decoding: DecodingKey,
+    /// Parsed when the set is loaded, not per token.
+    pub(crate) public: PublicKey,
     /// The JWK's `alg`, when it names one: a token must then use exactly that algorithm.
     pub(crate) alg: Option<Algorithm>,
     pub(crate) id: KeyId,
@@ -147,14 +149,12 @@ struct JwksSource {
 impl KeyStore {
     /// A fixed key: Clerk's "JWT public key" (PEM, RSA or EC). No network.
     pub fn from_pem(pem: &[u8], metrics: Arc<Metrics>) -> Result<Self, KeyError> {
-        let decoding = DecodingKey::from_rsa_pem(pem)
-            .or_else(|_| DecodingKey::from_ec_pem(pem))
-            .map_err(|_| KeyError::BadPem)?;
+        let public = PublicKey::from_pem(pem).ok_or(KeyError::BadPem)?;
         let id = KeyId::new(None, crate::crypto::sha256(pem));
         let set = KeySet {
             by_kid: HashMap::new(),
             any: Some(Arc::new(VerifyKey {
-                decoding,
+                public,
                 alg: None,
                 id,
             })),
@@ -418,7 +418,7 @@ pub fn parse_jwks(body: &[u8]) -> Result<KeySet, KeyError> {
         let (Some(kid), true) = (jwk.common.key_id.clone(), is_signing) else {
             continue;
         };
-        let Ok(decoding) = DecodingKey::from_jwk(&jwk) else {
+        let Some(public) = PublicKey::from_jwk(&jwk) else {
             continue;
         };
         let alg = jwk
@@ -426,7 +426,7 @@ pub fn parse_jwks(body: &[u8]) -> Result<KeySet, KeyError> {
             .key_algorithm
             .and_then(|a| a.to_string().parse::<Algorithm>().ok());
         let id = KeyId::new(Some(Arc::from(kid.as_str())), digest);
-        by_kid.insert(kid, Arc::new(VerifyKey { decoding, alg, id }));
+        by_kid.insert(kid, Arc::new(VerifyKey { public, alg, id }));
     }
     if by_kid.is_empty() {
         return Err(KeyError::Fetch(

@@ -15,6 +15,7 @@ use http::{Response, StatusCode, Version};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use rustls::HandshakeKind;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -225,6 +226,8 @@ impl Connection {
         let peer = self.peer;
         match tokio::time::timeout(self.timeouts.handshake, acceptor.accept(stream)).await {
             Ok(Ok(stream)) => {
+                let resumed = stream.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed);
+                metrics.tls_handshake(resumed);
                 let conn = ClientConn { peer, tls: true };
                 self.serve_http(stream, conn, app, &builder).await;
             }
@@ -253,12 +256,15 @@ impl Connection {
         let service = service_fn(move |request| {
             let http1 = request.version() < Version::HTTP_2;
             let in_flight = slot.request_started(request.version());
-            // `handle`'s own future, mapped, not an `async` block around it: the block would
-            // hold that future (several KiB) a second time, and hyper moves this one once per
-            // request.
-            app.clone()
-                .handle(request, conn, slot.clone())
-                .map(move |answered| answered.map(|r| tracked(r, http1, in_flight)))
+            // `handle`'s own future, mapped, not an `async` block around it (the block would
+            // hold that future, several KiB, a second time), and boxed: hyper moves the
+            // service's future into its dispatcher, and over HTTP/2 into a task it spawns per
+            // stream, and a box moves as a pointer.
+            Box::pin(
+                app.clone()
+                    .handle(request, conn, slot.clone())
+                    .map(move |answered| answered.map(|r| tracked(r, http1, in_flight))),
+            )
         });
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
         tokio::pin!(connection);
