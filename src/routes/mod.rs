@@ -303,7 +303,8 @@ impl App {
         }
         let ip = self.client_ip(request, ctx);
         let path = request.uri().path();
-        self.shared.limits.check_forward(path, ip).await
+        let check = self.shared.limits.check_forward(path, ip);
+        ctx.trace.scope(check).await
     }
 
     /// The address rate limits count (`Limits::client_ip`: the peer, or `X-Forwarded-For`
