@@ -439,31 +439,28 @@ fn unhex<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
     Some(out)
 }
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
-fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
-    for b in bytes {
-        out.push(HEX[usize::from(b >> 4)]);
-        out.push(HEX[usize::from(b & 15)]);
+/// Writes `bytes` as lower-case hex to `out` (twice as long).
+fn hex_into(out: &mut [u8], bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 15)];
     }
 }
 
 fn hex(bytes: &[u8]) -> String {
-    let mut out = Vec::with_capacity(2 * bytes.len());
-    push_hex(&mut out, bytes);
-    // Only ASCII hex digits were pushed.
+    let mut out = vec![0; 2 * bytes.len()];
+    hex_into(&mut out, bytes);
+    // Only ASCII hex digits were written.
     String::from_utf8(out).unwrap_or_default()
 }
 
 /// The `traceparent` that names `span_id` as the parent (always sampled: only recorded spans
 /// are ever named).
-fn traceparent(trace_id: &TraceId, span_id: &SpanId) -> Vec<u8> {
-    let mut out = Vec::with_capacity(55);
-    out.extend_from_slice(b"00-");
-    push_hex(&mut out, trace_id);
-    out.push(b'-');
-    push_hex(&mut out, span_id);
-    out.extend_from_slice(b"-01");
+fn traceparent(trace_id: &TraceId, span_id: &SpanId) -> [u8; 55] {
+    let mut out = *b"00-00000000000000000000000000000000-0000000000000000-01";
+    hex_into(&mut out[3..35], trace_id);
+    hex_into(&mut out[36..52], span_id);
     out
 }
 
@@ -514,7 +511,7 @@ mod tests {
         let context =
             parse_traceparent(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
         assert_eq!(
-            traceparent(&context.trace_id, &context.span_id),
+            &traceparent(&context.trace_id, &context.span_id),
             b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
         );
     }

@@ -66,8 +66,14 @@ impl SpanQueue {
         self.ready.notify_one();
     }
 
-    fn take(&self) -> Vec<SpanRecord> {
-        std::mem::take(&mut *self.spans.lock().unwrap_or_else(PoisonError::into_inner))
+    /// Swaps the queued spans for `spare` (empty): the two vectors keep their room, so
+    /// requests do not pay for the queue growing again after every export.
+    fn take(&self, spare: &mut Vec<SpanRecord>) {
+        spare.clear();
+        std::mem::swap(
+            &mut *self.spans.lock().unwrap_or_else(PoisonError::into_inner),
+            spare,
+        );
     }
 }
 
@@ -97,17 +103,16 @@ pub(super) fn start(
 /// starts and stops failing, not per batch.
 async fn run(queue: Arc<SpanQueue>, collector: Collector) {
     let mut failing = false;
-    let mut body = Vec::new();
+    let (mut spans, mut scratch) = (Vec::new(), Vec::new());
     loop {
         // A timeout is the usual wake-up: the batch delay has passed.
         let _ = tokio::time::timeout(BATCH_DELAY, queue.ready.notified()).await;
         let closed = queue.closed.load(Ordering::Acquire);
-        let spans = queue.take();
+        queue.take(&mut spans);
         for batch in spans.chunks(queue.batch) {
-            body.clear();
-            otlp::encode_export(&collector.service_name, batch, &mut body);
+            let body = collector.encode(batch, &mut scratch);
             let sent = batch.len() as u64;
-            match tokio::time::timeout(EXPORT_TIMEOUT, collector.send(&body)).await {
+            match tokio::time::timeout(EXPORT_TIMEOUT, collector.send(body)).await {
                 Ok(Ok(())) => {
                     queue.metrics.trace_spans_exported.inc_by(sent);
                     if failing {
@@ -169,11 +174,25 @@ impl Collector {
         })
     }
 
-    /// One export of the encoded `ExportTraceServiceRequest`.
-    async fn send(&self, message: &[u8]) -> Result<(), String> {
-        let (content_type, body) = match self.protocol {
-            OtlpProtocol::Http => ("application/x-protobuf", Bytes::copy_from_slice(message)),
-            OtlpProtocol::Grpc => ("application/grpc", grpc_frame(message)),
+    /// The request body for `spans`: the `ExportTraceServiceRequest`, for gRPC as a
+    /// length-prefixed message (a compression flag, 0: none, and the length, big-endian).
+    fn encode(&self, spans: &[SpanRecord], scratch: &mut Vec<u8>) -> Bytes {
+        let grpc = self.protocol == OtlpProtocol::Grpc;
+        let prefix = if grpc { 5 } else { 0 };
+        let mut body = vec![0; prefix];
+        otlp::encode_export(&self.service_name, spans, scratch, &mut body);
+        if grpc {
+            let len = u32::try_from(body.len() - prefix).unwrap_or(u32::MAX);
+            body[1..5].copy_from_slice(&len.to_be_bytes());
+        }
+        body.into()
+    }
+
+    /// One export.
+    async fn send(&self, body: Bytes) -> Result<(), String> {
+        let content_type = match self.protocol {
+            OtlpProtocol::Http => "application/x-protobuf",
+            OtlpProtocol::Grpc => "application/grpc",
         };
         let mut request = Request::new(Full::new(body));
         *request.method_mut() = Method::POST;
@@ -209,15 +228,6 @@ impl Collector {
     }
 }
 
-/// gRPC's length-prefixed message: a compression flag (0, none) and the length, big-endian.
-fn grpc_frame(message: &[u8]) -> Bytes {
-    let mut framed = Vec::with_capacity(5 + message.len());
-    framed.push(0);
-    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    framed.extend_from_slice(message);
-    framed.into()
-}
-
 fn grpc_outcome(status: StatusCode, grpc_status: Option<&HeaderValue>) -> Result<(), String> {
     match grpc_status.map(HeaderValue::as_bytes) {
         _ if status != StatusCode::OK => Err(format!("status {status}")),
@@ -231,9 +241,17 @@ fn grpc_outcome(status: StatusCode, grpc_status: Option<&HeaderValue>) -> Result
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_grpc_message_is_length_prefixed() {
-        assert_eq!(&grpc_frame(b"abc")[..], b"\0\0\0\0\x03abc");
+    #[tokio::test]
+    async fn a_grpc_message_is_length_prefixed() {
+        let config = TracingConfig {
+            protocol: OtlpProtocol::Grpc,
+            ..TracingConfig::default()
+        };
+        let collector = Collector::new("http://127.0.0.1:4317", &config).unwrap();
+        assert_eq!(collector.uri.path(), GRPC_PATH);
+        let body = collector.encode(&[], &mut Vec::new());
+        let len = u32::from_be_bytes(body[1..5].try_into().unwrap());
+        assert_eq!((body[0], len as usize), (0, body.len() - 5));
     }
 
     #[test]

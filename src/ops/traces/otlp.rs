@@ -17,30 +17,47 @@ const FIXED64: u8 = 1;
 const LEN: u8 = 2;
 /// `Status.code` ERROR.
 const STATUS_ERROR: u64 = 2;
+/// `InstrumentationScope.name`.
+const SCOPE_NAME: &str = "stream-token-proxy";
 
-/// Writes the export request for `spans` to `out`.
-pub(super) fn encode_export(service_name: &str, spans: &[SpanRecord], out: &mut Vec<u8>) {
-    let mut scratch = Vec::with_capacity(256);
-    // ScopeSpans: scope = 1, spans = 2.
-    let mut scope_spans = Vec::with_capacity(256 * spans.len() + 32);
-    scratch.clear();
-    string(&mut scratch, 1, "stream-token-proxy");
-    string(&mut scratch, 2, env!("CARGO_PKG_VERSION"));
-    bytes(&mut scope_spans, 1, &scratch);
-    for span in spans {
-        scratch.clear();
-        encode_span(span, &mut scratch);
-        bytes(&mut scope_spans, 2, &scratch);
+/// Appends the export request for `spans` to `out`; `scratch` is working space. Each span
+/// is written to `scratch` once and copied once; the outer messages' lengths are worked out
+/// from their contents, so the spans are not copied again for each level of nesting.
+pub(super) fn encode_export(
+    service_name: &str,
+    spans: &[SpanRecord],
+    scratch: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) {
+    // ScopeSpans.spans (= 2), after ScopeSpans.scope (= 1): name 1, version 2.
+    let version = env!("CARGO_PKG_VERSION");
+    let scope_len = field_len(SCOPE_NAME.len()) + field_len(version.len());
+    let mut scope_spans = std::mem::take(scratch);
+    scope_spans.clear();
+    key(&mut scope_spans, 1, LEN);
+    varint(&mut scope_spans, scope_len as u64);
+    string(&mut scope_spans, 1, SCOPE_NAME);
+    string(&mut scope_spans, 2, version);
+    let mut span = Vec::with_capacity(256);
+    for record in spans {
+        span.clear();
+        encode_span(record, &mut span);
+        bytes(&mut scope_spans, 2, &span);
     }
-    // Resource: attributes = 1.
-    scratch.clear();
-    string_attribute(&mut scratch, 1, "service.name", service_name);
-    // ResourceSpans: resource = 1, scope_spans = 2.
-    let mut resource_spans = Vec::with_capacity(scope_spans.len() + 64);
-    bytes(&mut resource_spans, 1, &scratch);
-    bytes(&mut resource_spans, 2, &scope_spans);
-    // ExportTraceServiceRequest: resource_spans = 1.
-    bytes(out, 1, &resource_spans);
+    // Resource: attributes = 1, one `service.name`.
+    let attribute_len = field_len("service.name".len()) + field_len(field_len(service_name.len()));
+    let resource_len = field_len(attribute_len);
+    // ExportTraceServiceRequest.resource_spans (= 1): ResourceSpans { resource = 1,
+    // scope_spans = 2 }.
+    let resource_spans_len = field_len(resource_len) + field_len(scope_spans.len());
+    out.reserve(resource_spans_len + 8);
+    key(out, 1, LEN);
+    varint(out, resource_spans_len as u64);
+    key(out, 1, LEN);
+    varint(out, resource_len as u64);
+    string_attribute(out, 1, "service.name", service_name);
+    bytes(out, 2, &scope_spans);
+    *scratch = scope_spans;
 }
 
 /// `Span`: ids 1, 2 and 4 (no parent: left out), name 5, kind 6, start and end 7 and 8 (unix
@@ -109,18 +126,22 @@ fn int_attribute(out: &mut Vec<u8>, field: u32, name: &str, value: u64) {
 
 /// The encoded size of a length-prefixed field (a one-byte key: fields below 16) holding
 /// `len` bytes.
+#[inline]
 fn field_len(len: usize) -> usize {
     1 + varint_len(len as u64) + len
 }
 
+#[inline]
 fn varint_len(value: u64) -> usize {
     (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
 }
 
+#[inline]
 fn key(out: &mut Vec<u8>, field: u32, wire: u8) {
     varint(out, u64::from(field << 3 | u32::from(wire)));
 }
 
+#[inline]
 fn varint(out: &mut Vec<u8>, mut value: u64) {
     while value >= 0x80 {
         out.push(value as u8 | 0x80);
@@ -129,22 +150,26 @@ fn varint(out: &mut Vec<u8>, mut value: u64) {
     out.push(value as u8);
 }
 
+#[inline]
 fn varint_field(out: &mut Vec<u8>, field: u32, value: u64) {
     key(out, field, VARINT);
     varint(out, value);
 }
 
+#[inline]
 fn fixed64(out: &mut Vec<u8>, field: u32, value: u64) {
     key(out, field, FIXED64);
     out.extend_from_slice(&value.to_le_bytes());
 }
 
+#[inline]
 fn bytes(out: &mut Vec<u8>, field: u32, value: &[u8]) {
     key(out, field, LEN);
     varint(out, value.len() as u64);
     out.extend_from_slice(value);
 }
 
+#[inline]
 fn string(out: &mut Vec<u8>, field: u32, value: &str) {
     bytes(out, field, value.as_bytes());
 }
@@ -200,8 +225,10 @@ mod tests {
     }
 
     fn decode(spans: &[SpanRecord]) -> ExportTraceServiceRequest {
-        let mut out = Vec::new();
-        encode_export("proxy-under-test", spans, &mut out);
+        let mut out = b"prefix".to_vec();
+        encode_export("proxy-under-test", spans, &mut Vec::new(), &mut out);
+        assert_eq!(&out[..6], b"prefix", "appended");
+        out.drain(..6);
         ExportTraceServiceRequest::decode(&out[..]).expect("valid protobuf")
     }
 
