@@ -1,5 +1,5 @@
 //! Traces (issue 19): W3C Trace Context through the proxy to the real Node upstream, and the
-//! proxy's spans received by an OTLP/HTTP receiver written for the tests
+//! proxy's spans received by an OTLP/HTTP or OTLP/gRPC receiver written for the tests
 //! (`tests/common/otlp.rs`), with their parent/child relations and nothing secret in them.
 
 mod common;
@@ -113,6 +113,52 @@ async fn a_sampled_trace_continues_through_the_proxy_to_node_and_the_collector()
             assert!(!text.contains(secret), "{secret} in a span: {text}");
         }
     }
+    proxy.stop().await;
+}
+
+/// The same spans over OTLP/gRPC (HTTP/2, h2c), with the user id when the config allows it.
+#[tokio::test]
+async fn spans_go_over_grpc_too() {
+    let upstream = NodeUpstream::start();
+    let receiver = OtlpReceiver::start_grpc().await;
+    let key = ClerkKey::generate("ins_grpc");
+    let (endpoint, pem) = (receiver.endpoint(), key.public_pem.clone());
+    let proxy = TestProxy::start(&upstream.url(), |c| {
+        use_pem(c, &pem);
+        c.tracing.otlp_endpoint = Some(endpoint);
+        c.tracing.protocol = stream_token_proxy::config::OtlpProtocol::Grpc;
+        c.tracing.include_user_id = true;
+    })
+    .await;
+    let token = key.sign(&claims("user_grpc"));
+    let minted = traced("/api/stream/token", Some(&sampled()))
+        .method("POST")
+        .header("authorization", format!("Bearer {token}"))
+        .body(empty())
+        .unwrap();
+    assert_eq!(proxy.client().h1(minted).await.status(), StatusCode::OK);
+    let spans = receiver.wait_for(2).await;
+    let server = spans.iter().find(|s| s.name == "POST");
+    let server = server.unwrap_or_else(|| panic!("no server span over gRPC: {spans:#?}"));
+    let verify = spans.iter().find(|s| s.name == "verify session");
+    let verify = verify.expect("the verification span");
+    assert_eq!(verify.parent_span_id, server.span_id);
+    assert_eq!(server.trace_id, TRACE_ID);
+    assert!(
+        server
+            .attributes
+            .iter()
+            .any(|a| a.contains("enduser.id") && a.contains("user_grpc")),
+        "include_user_id puts the user on the span: {server:?}"
+    );
+    assert!(
+        spans
+            .iter()
+            .all(|s| !format!("{s:?}").contains(token.as_str()))
+    );
+    let exported = "stream_token_proxy_trace_spans_exported_total ";
+    let exported = common::admin::metric_settles(&proxy, exported, 2.0).await;
+    assert_eq!(exported, 2.0, "gRPC exports are counted as sent");
     proxy.stop().await;
 }
 

@@ -303,8 +303,7 @@ impl App {
         }
         let ip = self.client_ip(request, ctx);
         let path = request.uri().path();
-        let check = self.shared.limits.check_forward(path, ip);
-        ctx.trace.scope(check).await
+        crate::ops::traces::scoped_await!(ctx.trace, self.shared.limits.check_forward(path, ip))
     }
 
     /// The address rate limits count (`Limits::client_ip`: the peer, or `X-Forwarded-For`

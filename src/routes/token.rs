@@ -20,7 +20,7 @@ use crate::error::ProxyError;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::ops::access_log::AccessEntry;
-use crate::ops::traces::{RequestTrace, SpanKind};
+use crate::ops::traces::{RequestTrace, SpanKind, scoped_await};
 use crate::routes::body::ProxyBody;
 use crate::routes::cors::{ALLOW, Cors};
 use crate::routes::path::RoutePath;
@@ -87,18 +87,14 @@ impl TokenRoute {
         }
         // Before any parsing or crypto: the per-IP (and global) limit.
         // A Redis call inside the checks is a child of the request's span (`limits/`).
-        trace
-            .scope(self.limits.check_token_ip(client_ip))
-            .await
+        scoped_await!(trace, self.limits.check_token_ip(client_ip))
             .map_err(ProxyError::RateLimited)?;
         let token = auth::credentials(request.headers(), self.session_cookie)?;
         let session = verify_traced(&self.verifier, token, trace).await?;
         if let Some(e) = entry.as_mut() {
             e.user_id = Some(session.user_id.clone());
         }
-        trace
-            .scope(self.limits.check_token_user(&session.user_id))
-            .await
+        scoped_await!(trace, self.limits.check_token_user(&session.user_id))
             .map_err(ProxyError::RateLimited)?;
         let body =
             tokio::time::timeout(self.body_timeout, read_json_body(request, self.body_limit))
@@ -138,7 +134,7 @@ pub(crate) async fn verify_traced(
 ) -> Result<Session, ProxyError> {
     let mut span = trace.child("verify session", SpanKind::Internal);
     // A wait for a JWKS fetch inside it is its child (`auth/keys.rs`).
-    let verified = span.scope(verifier.verify(token)).await;
+    let verified = scoped_await!(span, verifier.verify(token));
     match &verified {
         Ok(session) => trace.user(&session.user_id),
         Err(e) => span.fail(e.code()),
