@@ -314,3 +314,36 @@ async fn access_log_lines_carry_the_trace_and_span_ids() {
         assert!(!line.contains("trace_id"), "{format}: {line}");
     }
 }
+
+/// A token naming a key the proxy has not fetched yet: the request's wait for the JWKS fetch
+/// is a span inside `verify session`.
+#[tokio::test]
+async fn a_wait_for_a_jwks_fetch_is_a_span_of_the_verification() {
+    use stream_token_proxy::config::PositiveDuration;
+    let upstream = NodeUpstream::start();
+    let receiver = OtlpReceiver::start(false).await;
+    let old = ClerkKey::generate("ins_old");
+    let new = ClerkKey::generate("ins_new");
+    let jwks = JwksServer::start(&[&old]).await;
+    let (url, endpoint) = (jwks.url(), receiver.endpoint());
+    let proxy = TestProxy::start(&upstream.url(), |c| {
+        use_jwks(c, &url);
+        c.auth.jwks_refetch_cooldown = PositiveDuration(Duration::from_millis(50));
+        c.tracing.otlp_endpoint = Some(endpoint);
+    })
+    .await;
+    let client = proxy.client();
+    wait_until_token_route_ready(&client, &old).await;
+    jwks.set_keys(&[&old, &new]);
+    let mut request = post(&new.sign(&claims("user_rotated")));
+    let traceparent = sampled().parse().unwrap();
+    request.headers_mut().insert("traceparent", traceparent);
+    assert_eq!(client.h1(request).await.status(), StatusCode::OK);
+    let spans = receiver.wait_for(3).await;
+    let find = |name: &str| spans.iter().find(|s| s.name == name);
+    let verify = find("verify session").expect("the verification span");
+    let fetch = find("JWKS fetch").unwrap_or_else(|| panic!("no JWKS span: {spans:#?}"));
+    assert_eq!(fetch.parent_span_id, verify.span_id);
+    assert_eq!(fetch.trace_id, TRACE_ID);
+    proxy.stop().await;
+}

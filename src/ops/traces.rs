@@ -202,10 +202,15 @@ pub(crate) struct Parent {
 
 impl Parent {
     fn child(&self, name: &'static str, kind: SpanKind) -> ChildSpan {
+        let span_id = new_span_id();
         ChildSpan(Some(OpenChild {
-            parent: self.clone(),
+            parent: Parent {
+                queue: self.queue.clone(),
+                trace_id: self.trace_id,
+                span_id,
+            },
             parent_id: self.span_id,
-            span_id: new_span_id(),
+            span_id,
             name,
             kind,
             start_ns: unix_nanos(),
