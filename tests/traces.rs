@@ -347,3 +347,52 @@ async fn a_wait_for_a_jwks_fetch_is_a_span_of_the_verification() {
     assert_eq!(fetch.trace_id, TRACE_ID);
     proxy.stop().await;
 }
+
+/// With the Redis limiter backend, each call to Redis is a CLIENT span of the request, named
+/// by its policy and never by the key it counts.
+#[tokio::test]
+async fn a_redis_rate_limit_call_is_a_client_span_of_the_request() {
+    use stream_token_proxy::config::{Backend, PositiveDuration, RateConfig, RedisUrl};
+    let Some(redis) = common::redis::RedisServer::start(None) else {
+        return;
+    };
+    let upstream = NodeUpstream::start();
+    let receiver = OtlpReceiver::start(false).await;
+    let key = ClerkKey::generate("ins_redis");
+    let (endpoint, pem, url) = (receiver.endpoint(), key.public_pem.clone(), redis.url());
+    let proxy = TestProxy::start(&upstream.url(), |c| {
+        use_pem(c, &pem);
+        c.tracing.otlp_endpoint = Some(endpoint);
+        c.limits.backend = Backend::Redis;
+        c.limits.redis.url = RedisUrl::parse(&url).unwrap().0;
+        c.limits.token_per_user = RateConfig::new(100, PositiveDuration::secs(60), 100);
+    })
+    .await;
+    let token = key.sign(&claims("user_limited"));
+    let mut request = post(&token);
+    request
+        .headers_mut()
+        .insert("traceparent", sampled().parse().unwrap());
+    assert_eq!(proxy.client().h1(request).await.status(), StatusCode::OK);
+    let spans = receiver.wait_for(3).await;
+    let server = spans
+        .iter()
+        .find(|s| s.name == "POST")
+        .expect("the request's span");
+    let checks: Vec<_> = spans
+        .iter()
+        .filter(|s| s.name == "rate limit check")
+        .collect();
+    assert!(!checks.is_empty(), "no rate-limit span: {spans:#?}");
+    for check in checks {
+        assert_eq!((check.kind, &check.parent_span_id), (3, &server.span_id));
+        assert!(
+            check
+                .attributes
+                .iter()
+                .any(|a| a.contains("rate_limit.policy"))
+        );
+        assert!(!format!("{check:?}").contains("user_limited"), "{check:?}");
+    }
+    proxy.stop().await;
+}
