@@ -23,11 +23,15 @@
 #   PROXY_BIN=/path/to/binary          measure that build (another commit's, for a before/after)
 #                                      instead of building this tree
 #   N=3000 WARMUP=200                  the defaults
+#   PORT_BASE=18400                    ports used: +1 JWKS, +2 Node, +10 proxy, +30 OTLP sink
+#                                      (another base lets two checkouts measure at once)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PEERS="${PEERS:-$ROOT/../shared/peers}"
 MODE=${MODE:-get}
 TARGET=${TARGET:-proxy}
+B=${PORT_BASE:-18400}
+JWKS_PORT=$((B + 1)) NODE_PORT=$((B + 2)) PROXY_PORT=$((B + 10)) SINK_PORT=$((B + 30))
 command -v valgrind >/dev/null || apt-get install -y -qq valgrind
 cd "$ROOT"
 if [ -z "${PROXY_BIN:-}" ]; then
@@ -40,20 +44,20 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -r
 trap cleanup EXIT
 export CLERK_ISSUER=https://clerk.example.test CLERK_AUTHORIZED_PARTIES=http://localhost:8081
 export STREAM_API_SECRET=bench-stream-api-secret-not-for-production
-export CLERK_JWKS_URL=http://127.0.0.1:18401/.well-known/jwks.json UPSTREAM_URL=http://127.0.0.1:18402
-(cd "$PEERS" && exec node jwks/server.js --port 18401 >/dev/null 2>&1) & pids+=($!)
-(cd "$PEERS" && PORT=18402 exec node upstream/server.js >/dev/null 2>&1) & pids+=($!)
+export CLERK_JWKS_URL=http://127.0.0.1:$JWKS_PORT/.well-known/jwks.json UPSTREAM_URL=http://127.0.0.1:$NODE_PORT
+(cd "$PEERS" && exec node jwks/server.js --port $JWKS_PORT >/dev/null 2>&1) & pids+=($!)
+(cd "$PEERS" && PORT=$NODE_PORT exec node upstream/server.js >/dev/null 2>&1) & pids+=($!)
 sed 's/^workers = .*/workers = 1/' bench/proxy.toml >"$work/proxy.toml"
 if [ "${TRACING:-0}" = 1 ]; then
   python3 -c '
-import http.server
+import http.server, sys
 class Sink(http.server.BaseHTTPRequestHandler):
     def do_POST(self):
         self.rfile.read(int(self.headers.get("content-length", 0)))
         self.send_response(200); self.send_header("content-length", "0"); self.end_headers()
     def log_message(self, *args): pass
-http.server.ThreadingHTTPServer(("127.0.0.1", 18430), Sink).serve_forever()' & pids+=($!)
-  printf '\n[tracing]\notlp_endpoint = "http://127.0.0.1:18430"\nsample_ratio = 1.0\n' >>"$work/proxy.toml"
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Sink).serve_forever()' "$SINK_PORT" & pids+=($!)
+  printf '\n[tracing]\notlp_endpoint = "http://127.0.0.1:%s"\nsample_ratio = 1.0\n' "$SINK_PORT" >>"$work/proxy.toml"
 fi
 # A throwaway certificate of the same kind as the peers' (RSA 2048, self-signed).
 mkdir -p "$work/certs"
@@ -70,35 +74,35 @@ if [ "$MODE" = token-cold ]; then count=$((N + WARMUP + 1)); fi
 out="$work/cg.out"
 if [ "$TARGET" = nginx ]; then
   mkdir -p "$work/nginx/tmp"
-  listen=18410
-  if [ "$MODE" = h2 ]; then listen="18410 http2"; fi
-  sed -e "s/@UPSTREAM_PORT@/18402/; s/@PORT@/$listen/; s/^worker_processes .*/worker_processes 1;/" \
+  listen=$PROXY_PORT
+  if [ "$MODE" = h2 ]; then listen="$PROXY_PORT http2"; fi
+  sed -e "s/@UPSTREAM_PORT@/$NODE_PORT/; s/@PORT@/$listen/; s/^worker_processes .*/worker_processes 1;/" \
     -e "s#\.\./certs/#$work/certs/#" "$PEERS/nginx/nginx.conf.in" >"$work/nginx/nginx.conf"
   valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
     nginx -p "$work/nginx/" -e "$work/nginx/error.log" -c "$work/nginx/nginx.conf" \
     -g 'daemon off; master_process off;' >/dev/null 2>&1 &
 else
-  PROXY_LISTEN=127.0.0.1:18410 TLS_CERT="$work/certs/server.crt" TLS_KEY="$work/certs/server.key" \
+  PROXY_LISTEN=127.0.0.1:$PROXY_PORT TLS_CERT="$work/certs/server.crt" TLS_KEY="$work/certs/server.key" \
     valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
     "$PROXY_BIN" --config "$work/proxy.toml" >/dev/null 2>&1 &
 fi
 target=$!
 pids+=("$target")
-for _ in $(seq 600); do (exec 3<>/dev/tcp/127.0.0.1/18410) 2>/dev/null && break; sleep 0.1; done
+for _ in $(seq 600); do (exec 3<>/dev/tcp/127.0.0.1/$PROXY_PORT) 2>/dev/null && break; sleep 0.1; done
 sleep 1 # let the first JWKS fetch land
 if [ "$MODE" = h2 ]; then
-  h2load -n "$WARMUP" -c 1 -m 10 https://127.0.0.1:18410/api/hello >/dev/null
+  h2load -n "$WARMUP" -c 1 -m 10 https://127.0.0.1:$PROXY_PORT/api/hello >/dev/null
   callgrind_control -i on "$target" >/dev/null
-  h2load -n "$N" -c 1 -m 10 https://127.0.0.1:18410/api/hello | grep '^status codes'
+  h2load -n "$N" -c 1 -m 10 https://127.0.0.1:$PROXY_PORT/api/hello | grep '^status codes'
   callgrind_control -i off "$target" >/dev/null
 else
 # One connection: WARMUP requests, instrumentation on, N requests, instrumentation off.
-MODE=$MODE TOKENS=$tokens TARGET_PID=$target N=$N WARMUP=$WARMUP python3 - <<'PY'
+PROXY_PORT=$PROXY_PORT MODE=$MODE TOKENS=$tokens TARGET_PID=$target N=$N WARMUP=$WARMUP python3 - <<'PY'
 import http.client, os, ssl, subprocess
 ctx = ssl.create_default_context()
 ctx.check_hostname = False
 ctx.verify_mode = ssl.CERT_NONE
-conn = http.client.HTTPSConnection("127.0.0.1", 18410, context=ctx, timeout=60)
+conn = http.client.HTTPSConnection("127.0.0.1", int(os.environ["PROXY_PORT"]), context=ctx, timeout=60)
 tokens = iter(open(os.environ["TOKENS"]).read().split())
 if os.environ["MODE"].startswith("token"):
     method, path, body = "POST", "/api/stream/token", b"{}"

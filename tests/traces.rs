@@ -1,5 +1,5 @@
 //! Traces (issue 19): W3C Trace Context through the proxy to the real Node upstream, and the
-//! proxy's spans received by an OTLP/HTTP receiver written for the tests
+//! proxy's spans received by an OTLP/HTTP or OTLP/gRPC receiver written for the tests
 //! (`tests/common/otlp.rs`), with their parent/child relations and nothing secret in them.
 
 mod common;
@@ -113,6 +113,52 @@ async fn a_sampled_trace_continues_through_the_proxy_to_node_and_the_collector()
             assert!(!text.contains(secret), "{secret} in a span: {text}");
         }
     }
+    proxy.stop().await;
+}
+
+/// The same spans over OTLP/gRPC (HTTP/2, h2c), with the user id when the config allows it.
+#[tokio::test]
+async fn spans_go_over_grpc_too() {
+    let upstream = NodeUpstream::start();
+    let receiver = OtlpReceiver::start_grpc().await;
+    let key = ClerkKey::generate("ins_grpc");
+    let (endpoint, pem) = (receiver.endpoint(), key.public_pem.clone());
+    let proxy = TestProxy::start(&upstream.url(), |c| {
+        use_pem(c, &pem);
+        c.tracing.otlp_endpoint = Some(endpoint);
+        c.tracing.protocol = stream_token_proxy::config::OtlpProtocol::Grpc;
+        c.tracing.include_user_id = true;
+    })
+    .await;
+    let token = key.sign(&claims("user_grpc"));
+    let minted = traced("/api/stream/token", Some(&sampled()))
+        .method("POST")
+        .header("authorization", format!("Bearer {token}"))
+        .body(empty())
+        .unwrap();
+    assert_eq!(proxy.client().h1(minted).await.status(), StatusCode::OK);
+    let spans = receiver.wait_for(2).await;
+    let server = spans.iter().find(|s| s.name == "POST");
+    let server = server.unwrap_or_else(|| panic!("no server span over gRPC: {spans:#?}"));
+    let verify = spans.iter().find(|s| s.name == "verify session");
+    let verify = verify.expect("the verification span");
+    assert_eq!(verify.parent_span_id, server.span_id);
+    assert_eq!(server.trace_id, TRACE_ID);
+    assert!(
+        server
+            .attributes
+            .iter()
+            .any(|a| a.contains("enduser.id") && a.contains("user_grpc")),
+        "include_user_id puts the user on the span: {server:?}"
+    );
+    assert!(
+        spans
+            .iter()
+            .all(|s| !format!("{s:?}").contains(token.as_str()))
+    );
+    let exported = "stream_token_proxy_trace_spans_exported_total ";
+    let exported = common::admin::metric_settles(&proxy, exported, 2.0).await;
+    assert_eq!(exported, 2.0, "gRPC exports are counted as sent");
     proxy.stop().await;
 }
 
@@ -267,4 +313,86 @@ async fn access_log_lines_carry_the_trace_and_span_ids() {
             .await;
         assert!(!line.contains("trace_id"), "{format}: {line}");
     }
+}
+
+/// A token naming a key the proxy has not fetched yet: the request's wait for the JWKS fetch
+/// is a span inside `verify session`.
+#[tokio::test]
+async fn a_wait_for_a_jwks_fetch_is_a_span_of_the_verification() {
+    use stream_token_proxy::config::PositiveDuration;
+    let upstream = NodeUpstream::start();
+    let receiver = OtlpReceiver::start(false).await;
+    let old = ClerkKey::generate("ins_old");
+    let new = ClerkKey::generate("ins_new");
+    let jwks = JwksServer::start(&[&old]).await;
+    let (url, endpoint) = (jwks.url(), receiver.endpoint());
+    let proxy = TestProxy::start(&upstream.url(), |c| {
+        use_jwks(c, &url);
+        c.auth.jwks_refetch_cooldown = PositiveDuration(Duration::from_millis(50));
+        c.tracing.otlp_endpoint = Some(endpoint);
+    })
+    .await;
+    let client = proxy.client();
+    wait_until_token_route_ready(&client, &old).await;
+    jwks.set_keys(&[&old, &new]);
+    let mut request = post(&new.sign(&claims("user_rotated")));
+    let traceparent = sampled().parse().unwrap();
+    request.headers_mut().insert("traceparent", traceparent);
+    assert_eq!(client.h1(request).await.status(), StatusCode::OK);
+    let spans = receiver.wait_for(3).await;
+    let find = |name: &str| spans.iter().find(|s| s.name == name);
+    let verify = find("verify session").expect("the verification span");
+    let fetch = find("JWKS fetch").unwrap_or_else(|| panic!("no JWKS span: {spans:#?}"));
+    assert_eq!(fetch.parent_span_id, verify.span_id);
+    assert_eq!(fetch.trace_id, TRACE_ID);
+    proxy.stop().await;
+}
+
+/// With the Redis limiter backend, each call to Redis is a CLIENT span of the request, named
+/// by its policy and never by the key it counts.
+#[tokio::test]
+async fn a_redis_rate_limit_call_is_a_client_span_of_the_request() {
+    use stream_token_proxy::config::{Backend, PositiveDuration, RateConfig, RedisUrl};
+    let Some(redis) = common::redis::RedisServer::start(None) else {
+        return;
+    };
+    let upstream = NodeUpstream::start();
+    let receiver = OtlpReceiver::start(false).await;
+    let key = ClerkKey::generate("ins_redis");
+    let (endpoint, pem, url) = (receiver.endpoint(), key.public_pem.clone(), redis.url());
+    let proxy = TestProxy::start(&upstream.url(), |c| {
+        use_pem(c, &pem);
+        c.tracing.otlp_endpoint = Some(endpoint);
+        c.limits.backend = Backend::Redis;
+        c.limits.redis.url = RedisUrl::parse(&url).unwrap().0;
+        c.limits.token_per_user = RateConfig::new(100, PositiveDuration::secs(60), 100);
+    })
+    .await;
+    let token = key.sign(&claims("user_limited"));
+    let mut request = post(&token);
+    request
+        .headers_mut()
+        .insert("traceparent", sampled().parse().unwrap());
+    assert_eq!(proxy.client().h1(request).await.status(), StatusCode::OK);
+    let spans = receiver.wait_for(3).await;
+    let server = spans
+        .iter()
+        .find(|s| s.name == "POST")
+        .expect("the request's span");
+    let checks: Vec<_> = spans
+        .iter()
+        .filter(|s| s.name == "rate limit check")
+        .collect();
+    assert!(!checks.is_empty(), "no rate-limit span: {spans:#?}");
+    for check in checks {
+        assert_eq!((check.kind, &check.parent_span_id), (3, &server.span_id));
+        assert!(
+            check
+                .attributes
+                .iter()
+                .any(|a| a.contains("rate_limit.policy"))
+        );
+        assert!(!format!("{check:?}").contains("user_limited"), "{check:?}");
+    }
+    proxy.stop().await;
 }

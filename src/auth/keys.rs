@@ -27,6 +27,7 @@ use super::refetch::Refetch;
 use super::signature::PublicKey;
 use crate::config::AuthConfig;
 use crate::metrics::Metrics;
+use crate::ops::traces::{self, SpanKind};
 
 /// A JWKS document larger than this is refused (Clerk's is about 1 KB).
 const MAX_JWKS_BYTES: usize = 1024 * 1024;
@@ -255,6 +256,8 @@ impl KeyStore {
         }
         let seen = set.fetch;
         drop(set);
+        // In a traced request, the wait is a span: the time a new key cost this request.
+        let mut span = traces::current_child("JWKS fetch", SpanKind::Internal);
         let deadline = tokio::time::Instant::now() + source.timeout;
         let mut ticket = source.refetch.ask(seen);
         debug!(
@@ -270,6 +273,7 @@ impl KeyStore {
             }
             ticket = source.refetch.ask_again();
         }
+        span.fail("unknown_key");
         Err(AuthError::UnknownKey)
     }
 

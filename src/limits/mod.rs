@@ -35,6 +35,7 @@ use self::local::{Gcra, LocalLimiter};
 use self::redis::{RedisBackend, Verdict};
 use crate::config::{Backend, KeyedBy, LimitsConfig, OnError, PolicySpec};
 use crate::metrics::{BackendOutcome, Metrics};
+use crate::ops::traces::{self, SpanKind};
 
 /// What a limiter advertises (`RateLimit-Policy`): `requests` per `window_secs`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,7 +206,16 @@ impl Limits {
             self.metrics.backend_request(BackendOutcome::FirstTier);
             return Err(entry.limited(key, wait));
         }
-        match redis.check(&entry.id, &key.to_string(), entry.gcra).await {
+        // In a traced request, the Redis call is a CLIENT span (named by the policy, never
+        // by the key it counts).
+        let mut span = traces::current_child("rate limit check", SpanKind::Client);
+        span.set("rate_limit.policy", entry.name);
+        let verdict = redis.check(&entry.id, &key.to_string(), entry.gcra).await;
+        if verdict == Verdict::Unavailable {
+            span.fail("backend_unavailable");
+        }
+        drop(span);
+        match verdict {
             Verdict::Allowed => Ok(()),
             Verdict::Limited(wait) => {
                 entry.refuse(key, wait);

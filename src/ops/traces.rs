@@ -2,65 +2,110 @@
 //! passed on to Node, and the proxy's own spans exported over OTLP.
 //!
 //! - A request whose `traceparent` is sampled joins that trace: a SERVER span for the request,
-//!   children for the session check and the upstream request (CLIENT), and Node receives a
-//!   `traceparent` with the same trace id and the proxy's CLIENT span as its parent
-//!   (`tracestate` unchanged). Without export configured, a valid `traceparent` is passed on
-//!   as it came.
+//!   children for the session check (and, inside it, a wait for an on-demand JWKS fetch), a
+//!   Redis rate-limit call, and the upstream request (CLIENT). Node receives a `traceparent`
+//!   with the same trace id and the proxy's CLIENT span as its parent (`tracestate`
+//!   unchanged). Without export configured, a valid `traceparent` is passed on as it came.
 //! - Without one, a trace is started for `tracing.sample_ratio` of the requests (0 by default).
 //! - A malformed `traceparent` is ignored, and removed with its `tracestate`, so Node never
 //!   takes it for a valid one; it is never an error for the client.
 //!
 //! Spans carry the method, the route's name, the status and the peer address; never tokens,
-//! cookies, paths or query strings, and user ids only with `tracing.include_user_id`. Export is
-//! batched from a bounded queue: when it is full (a slow or unreachable collector) spans are
-//! dropped and counted, and a request never waits for the collector.
+//! cookies, paths or query strings, and user ids only with `tracing.include_user_id`.
+//!
+//! Why not the OpenTelemetry SDK: the proxy used `opentelemetry_sdk` + `opentelemetry-otlp`
+//! first, and with every request traced it cost +51 % instructions per `GET` (+29 % on the
+//! token route) against a budget of +10 % (`BENCHMARKS.md`, "Tracing"): its span building
+//! (contexts, `KeyValue` vectors, `SpanData`) alone was over the budget, before the exporter's
+//! grouping and `prost` encoding. A span here is a plain struct of ids, two timestamps and a
+//! few typed fields, recorded into a bounded queue (`export.rs`) and hand-encoded as OTLP
+//! protobuf by the export task (`otlp.rs`).
 
-use std::sync::Arc;
-use std::time::Duration;
+mod export;
+mod otlp;
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
-use opentelemetry::trace::{
-    Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt as _, TraceFlags, TraceId,
-    TraceState, Tracer as _, TracerProvider as _,
-};
-use opentelemetry::{Context, KeyValue};
-use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::{
-    Sampler, SdkTracer, SdkTracerProvider, SpanData, SpanExporter as _, SpanProcessor,
-};
-use tokio::sync::mpsc;
-use tracing::{info, warn};
 
-use crate::config::{OtlpProtocol, TracingConfig};
-use crate::fast_format::push_ip;
+use self::export::SpanQueue;
+use crate::config::TracingConfig;
 use crate::metrics::Metrics;
 
 pub(crate) static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 pub(crate) static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
-/// Spans sent to the collector in one export at most.
-const BATCH: usize = 512;
-/// How long the first span of a batch waits for others.
-const BATCH_DELAY: Duration = Duration::from_secs(1);
-/// How long one export may take before it is given up (the queue fills meanwhile).
-const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
+tokio::task_local! {
+    /// The span that code deep in a request (a JWKS wait, a Redis call) parents its spans to;
+    /// set only while a traced request runs ([`scoped_await!`]), so an untraced request
+    /// never pays for it.
+    static CURRENT: Parent;
+}
 
-/// The proxy's tracing: off (no export) or a tracer whose spans go to the export queue.
+/// OTLP's `SpanKind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SpanKind {
+    Internal = 1,
+    Server = 2,
+    Client = 3,
+}
+
+type TraceId = [u8; 16];
+type SpanId = [u8; 8];
+
+/// One finished span, as the export task encodes it.
+#[derive(Debug)]
+struct SpanRecord {
+    trace_id: TraceId,
+    span_id: SpanId,
+    /// All zeros for a root span.
+    parent_id: SpanId,
+    name: &'static str,
+    kind: SpanKind,
+    start_ns: u64,
+    end_ns: u64,
+    /// One fixed attribute of a child span (`rate_limit.policy` = `token_ip`).
+    attribute: Option<(&'static str, &'static str)>,
+    /// The request's fields, on its SERVER span only.
+    server: Option<ServerFields>,
+    /// Status ERROR with this fixed description (an error code, never input).
+    error: Option<&'static str>,
+}
+
+#[derive(Debug)]
+struct ServerFields {
+    method: &'static str,
+    peer: IpAddr,
+    route: &'static str,
+    status: u16,
+    user_id: Option<Arc<str>>,
+}
+
+/// The proxy's tracing: off (no export), or spans recorded into the export queue.
 pub(crate) struct Traces {
-    tracer: Option<SdkTracer>,
-    /// Kept so the pipeline lives as long as the proxy; dropping it closes the queue.
-    _provider: Option<SdkTracerProvider>,
+    queue: Option<Arc<SpanQueue>>,
     /// Root traces started for this share of requests without a `traceparent`.
     sample_ratio: f64,
     include_user_id: bool,
+}
+
+impl Drop for Traces {
+    /// The export task sends what is queued and ends.
+    fn drop(&mut self) {
+        if let Some(queue) = &self.queue {
+            queue.close();
+        }
+    }
 }
 
 impl Traces {
     /// No export: `traceparent`s are checked and passed on, no span is recorded.
     pub(crate) fn off() -> Self {
         Self {
-            tracer: None,
-            _provider: None,
+            queue: None,
             sample_ratio: 0.0,
             include_user_id: false,
         }
@@ -72,29 +117,9 @@ impl Traces {
         let Some(endpoint) = &config.otlp_endpoint else {
             return Ok(Self::off());
         };
-        let resource = Resource::builder()
-            .with_service_name(config.service_name.clone())
-            .build();
-        let mut exporter = exporter(endpoint, config.protocol)?;
-        exporter.set_resource(&resource);
-        let (queue, spans) = mpsc::channel(config.queue_size);
-        let batch = BATCH.min(config.queue_size);
-        tokio::spawn(export(exporter, spans, batch, metrics.clone()));
-        let provider = SdkTracerProvider::builder()
-            .with_span_processor(Queue {
-                queue,
-                metrics: metrics.clone(),
-            })
-            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-                config.sample_ratio,
-            ))))
-            .with_resource(resource)
-            .build();
-        info!(endpoint = %endpoint, protocol = ?config.protocol, sample_ratio = config.sample_ratio,
-            "exporting traces over OTLP");
+        let queue = export::start(endpoint, config, metrics)?;
         Ok(Self {
-            tracer: Some(provider.tracer("stream-token-proxy")),
-            _provider: Some(provider),
+            queue: Some(queue),
             sample_ratio: config.sample_ratio,
             include_user_id: config.include_user_id,
         })
@@ -119,39 +144,30 @@ impl Traces {
                 }
             },
         };
-        let Some(tracer) = &self.tracer else {
+        let Some(queue) = &self.queue else {
             return RequestTrace::untraced();
         };
-        let parent = match incoming {
-            Some(parent) if parent.is_sampled() => Context::new().with_remote_span_context(parent),
+        let (trace_id, parent_id) = match incoming {
+            Some(parent) if parent.sampled => (parent.trace_id, parent.span_id),
             // Not sampled upstream of us: passed on as it came, nothing recorded.
             Some(_) => return RequestTrace::untraced(),
-            None if self.sample_ratio > 0.0 => Context::new(),
+            None if self.sample_ratio > 0.0 && fastrand::f64() < self.sample_ratio => {
+                (new_trace_id(), [0; 8])
+            }
             None => return RequestTrace::untraced(),
         };
-        // Named by the method alone (OpenTelemetry's HTTP conventions allow it; the route is
-        // an attribute): a static name costs no formatting per request.
-        let method = static_method(method);
-        let mut peer_address = Vec::with_capacity(39);
-        push_ip(&mut peer_address, peer.ip().to_canonical());
-        let span = tracer
-            .span_builder(method)
-            .with_kind(SpanKind::Server)
-            .with_attributes([
-                KeyValue::new("http.request.method", method),
-                KeyValue::new(
-                    "network.peer.address",
-                    String::from_utf8(peer_address).unwrap_or_default(),
-                ),
-            ])
-            .start_with_context(tracer, &parent);
-        if !span.span_context().is_sampled() {
-            return RequestTrace::untraced();
-        }
         RequestTrace {
             recording: Some(Recording {
-                cx: parent.with_span(span),
-                tracer: tracer.clone(),
+                parent: Parent {
+                    queue: queue.clone(),
+                    trace_id,
+                    span_id: new_span_id(),
+                },
+                parent_id,
+                start_ns: unix_nanos(),
+                method: static_method(method),
+                peer: peer.ip().to_canonical(),
+                user_id: OnceLock::new(),
                 include_user_id: self.include_user_id,
             }),
         }
@@ -163,15 +179,61 @@ pub(crate) struct RequestTrace {
     recording: Option<Recording>,
 }
 
+/// The request's SERVER span while it is open.
 struct Recording {
-    /// The context with the request's SERVER span.
-    cx: Context,
-    tracer: SdkTracer,
+    parent: Parent,
+    /// The caller's span, or zeros for a trace the proxy started.
+    parent_id: SpanId,
+    start_ns: u64,
+    method: &'static str,
+    peer: IpAddr,
+    /// Set once verification succeeds, and only with `tracing.include_user_id`.
+    user_id: OnceLock<Arc<str>>,
     include_user_id: bool,
 }
 
+/// A span that children can name as their parent.
+#[derive(Clone)]
+pub(crate) struct Parent {
+    queue: Arc<SpanQueue>,
+    trace_id: TraceId,
+    span_id: SpanId,
+}
+
+impl Parent {
+    fn child(&self, name: &'static str, kind: SpanKind) -> ChildSpan {
+        let span_id = new_span_id();
+        ChildSpan(Some(OpenChild {
+            parent: Parent {
+                queue: self.queue.clone(),
+                trace_id: self.trace_id,
+                span_id,
+            },
+            parent_id: self.span_id,
+            span_id,
+            name,
+            kind,
+            start_ns: unix_nanos(),
+            attribute: None,
+            error: None,
+        }))
+    }
+}
+
 /// A child span of the request; ends when dropped.
-pub(crate) struct ChildSpan(Option<opentelemetry_sdk::trace::Span>);
+pub(crate) struct ChildSpan(Option<OpenChild>);
+
+struct OpenChild {
+    /// This span, as a parent for its own children (`span_id` is its id).
+    parent: Parent,
+    parent_id: SpanId,
+    span_id: SpanId,
+    name: &'static str,
+    kind: SpanKind,
+    start_ns: u64,
+    attribute: Option<(&'static str, &'static str)>,
+    error: Option<&'static str>,
+}
 
 impl RequestTrace {
     pub(crate) fn untraced() -> Self {
@@ -180,22 +242,22 @@ impl RequestTrace {
 
     /// `(trace id, span id)` of the request's span, for the access log.
     pub(crate) fn ids(&self) -> Option<(String, String)> {
-        let recording = self.recording.as_ref()?;
-        let context = recording.cx.span().span_context().clone();
-        Some((
-            context.trace_id().to_string(),
-            context.span_id().to_string(),
-        ))
+        let parent = &self.recording.as_ref()?.parent;
+        Some((hex(&parent.trace_id), hex(&parent.span_id)))
     }
 
     /// A child span named `name` (`verify session`), of `kind`.
     pub(crate) fn child(&self, name: &'static str, kind: SpanKind) -> ChildSpan {
-        ChildSpan(self.recording.as_ref().map(|r| {
-            r.tracer
-                .span_builder(name)
-                .with_kind(kind)
-                .start_with_context(&r.tracer, &r.cx)
-        }))
+        match &self.recording {
+            Some(r) => r.parent.child(name, kind),
+            None => ChildSpan(None),
+        }
+    }
+
+    /// The request's span as the parent of spans started in code it runs
+    /// ([`scoped_await!`]).
+    pub(crate) fn parent(&self) -> Option<Parent> {
+        self.recording.as_ref().map(|r| r.parent.clone())
     }
 
     /// The upstream request's CLIENT span; `headers` (the request to Node) get a
@@ -203,7 +265,8 @@ impl RequestTrace {
     pub(crate) fn upstream(&self, headers: &mut HeaderMap) -> ChildSpan {
         let span = self.child("upstream request", SpanKind::Client);
         if let Some(client) = &span.0
-            && let Ok(value) = HeaderValue::from_str(&traceparent(client.span_context()))
+            && let Ok(value) =
+                HeaderValue::from_bytes(&traceparent(&client.parent.trace_id, &client.span_id))
         {
             headers.insert(TRACEPARENT.clone(), value);
         }
@@ -211,27 +274,37 @@ impl RequestTrace {
     }
 
     /// The verified user, when `tracing.include_user_id` allows it.
-    pub(crate) fn user(&self, user_id: &str) {
+    pub(crate) fn user(&self, user_id: &Arc<str>) {
         if let Some(r) = self.recording.as_ref().filter(|r| r.include_user_id) {
-            r.cx.span()
-                .set_attribute(KeyValue::new("enduser.id", user_id.to_owned()));
+            let _ = r.user_id.set(user_id.clone());
         }
     }
 
     /// Ends the request's span with its route and status.
-    pub(crate) fn finish(&self, route: &'static str, status: http::StatusCode) {
-        let Some(r) = &self.recording else {
+    pub(crate) fn finish(&mut self, route: &'static str, status: http::StatusCode) {
+        let Some(r) = self.recording.take() else {
             return;
         };
-        let span = r.cx.span();
-        span.set_attributes([
-            KeyValue::new("http.route", route),
-            KeyValue::new("http.response.status_code", i64::from(status.as_u16())),
-        ]);
-        if status.is_server_error() {
-            span.set_status(Status::error(status.as_str().to_owned()));
-        }
-        span.end();
+        r.parent.queue.push(SpanRecord {
+            trace_id: r.parent.trace_id,
+            span_id: r.parent.span_id,
+            parent_id: r.parent_id,
+            name: r.method,
+            kind: SpanKind::Server,
+            start_ns: r.start_ns,
+            end_ns: unix_nanos(),
+            attribute: None,
+            server: Some(ServerFields {
+                method: r.method,
+                peer: r.peer,
+                route,
+                status: status.as_u16(),
+                user_id: r.user_id.into_inner(),
+            }),
+            error: status
+                .is_server_error()
+                .then(|| status.canonical_reason().unwrap_or("server error")),
+        });
     }
 }
 
@@ -239,9 +312,83 @@ impl ChildSpan {
     /// Marks the span failed with a fixed reason (an error code, never a token).
     pub(crate) fn fail(&mut self, code: &'static str) {
         if let Some(span) = &mut self.0 {
-            span.set_status(Status::error(code));
+            span.error = Some(code);
         }
     }
+
+    /// Adds one attribute with a fixed value (a policy name, never input).
+    pub(crate) fn set(&mut self, key: &'static str, value: &'static str) {
+        if let Some(span) = &mut self.0 {
+            span.attribute = Some((key, value));
+        }
+    }
+
+    /// This span as the parent of spans started inside it ([`scoped_await!`]).
+    pub(crate) fn parent(&self) -> Option<Parent> {
+        self.0.as_ref().map(|s| s.parent.clone())
+    }
+}
+
+impl Drop for ChildSpan {
+    fn drop(&mut self) {
+        let Some(span) = self.0.take() else { return };
+        span.parent.queue.push(SpanRecord {
+            trace_id: span.parent.trace_id,
+            span_id: span.span_id,
+            parent_id: span.parent_id,
+            name: span.name,
+            kind: span.kind,
+            start_ns: span.start_ns,
+            end_ns: unix_nanos(),
+            attribute: span.attribute,
+            server: None,
+            error: span.error,
+        });
+    }
+}
+
+/// A child of the span the running request set as current ([`scoped_await!`]); a span
+/// that records nothing outside a traced request.
+pub(crate) fn current_child(name: &'static str, kind: SpanKind) -> ChildSpan {
+    CURRENT
+        .try_with(|parent| parent.child(name, kind))
+        .unwrap_or(ChildSpan(None))
+}
+
+/// `work`, with `parent` as the current span while it runs.
+pub(crate) fn with_parent<F: Future>(parent: Parent, work: F) -> impl Future<Output = F::Output> {
+    CURRENT.scope(parent, work)
+}
+
+/// `$work.await`, with `$span`'s span (a [`RequestTrace`] or [`ChildSpan`]) as the parent of
+/// the spans [`current_child`] starts inside it. A macro, not a function, so that an untraced
+/// request awaits `$work` where it is: a wrapper future around it would move it into a bigger
+/// state on every request (measured: ~2k instructions per token request). Traced, the scoped
+/// future is boxed, which keeps the callers' futures small.
+macro_rules! scoped_await {
+    ($span:expr, $work:expr) => {
+        match $span.parent() {
+            Some(parent) => Box::pin($crate::ops::traces::with_parent(parent, $work)).await,
+            None => $work.await,
+        }
+    };
+}
+pub(crate) use scoped_await;
+
+fn unix_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Ids need to be unique, not secret (W3C Trace Context §3.2.2.3: random or unique): a fast
+/// per-thread generator, never zero (the spec's invalid value).
+fn new_trace_id() -> TraceId {
+    fastrand::u128(1..).to_be_bytes()
+}
+
+fn new_span_id() -> SpanId {
+    fastrand::u64(1..).to_be_bytes()
 }
 
 /// The standard methods' names as `&'static str` (a span name that costs no allocation).
@@ -261,147 +408,78 @@ fn static_method(method: &http::Method) -> &'static str {
     }
 }
 
+/// A `traceparent` as it arrived.
+#[derive(Debug, PartialEq, Eq)]
+struct Incoming {
+    trace_id: TraceId,
+    span_id: SpanId,
+    sampled: bool,
+}
+
 /// `traceparent` (W3C Trace Context §3.2): `00-<trace id>-<parent id>-<flags>`, lower-case hex,
 /// neither id all zeros. A later version is read by its first four fields, as the spec says.
-fn parse_traceparent(value: &[u8]) -> Option<SpanContext> {
-    let text = std::str::from_utf8(value).ok()?;
-    let mut fields = text.split('-');
+fn parse_traceparent(value: &[u8]) -> Option<Incoming> {
+    let mut fields = value.split(|&b| b == b'-');
     let (version, trace, parent, flags) = (
         fields.next()?,
         fields.next()?,
         fields.next()?,
         fields.next()?,
     );
-    let hex = |s: &str, len: usize| {
-        s.len() == len
-            && s.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    };
-    if !hex(version, 2) || version == "ff" || !hex(trace, 32) || !hex(parent, 16) || !hex(flags, 2)
-    {
+    let [version] = unhex::<1>(version)?;
+    let [flags] = unhex::<1>(flags)?;
+    let trace_id = unhex::<16>(trace).filter(|t| *t != [0; 16])?;
+    let span_id = unhex::<8>(parent).filter(|s| *s != [0; 8])?;
+    if version == 0xff || (version == 0 && (value.len() != 55 || fields.next().is_some())) {
         return None;
     }
-    if version == "00" && (text.len() != 55 || fields.next().is_some()) {
-        return None;
-    }
-    let trace_id = TraceId::from_hex(trace)
-        .ok()
-        .filter(|t| *t != TraceId::INVALID)?;
-    let span_id = SpanId::from_hex(parent)
-        .ok()
-        .filter(|s| *s != SpanId::INVALID)?;
-    let flags = u8::from_str_radix(flags, 16).ok()?;
-    Some(SpanContext::new(
+    Some(Incoming {
         trace_id,
         span_id,
-        TraceFlags::new(flags & 1),
-        true,
-        TraceState::default(),
-    ))
+        sampled: flags & 1 == 1,
+    })
 }
 
-/// The `traceparent` that names `span` as the parent.
-fn traceparent(span: &SpanContext) -> String {
-    format!(
-        "00-{}-{}-{:02x}",
-        span.trace_id(),
-        span.span_id(),
-        span.trace_flags().to_u8()
-    )
-}
-
-fn exporter(
-    endpoint: &str,
-    protocol: OtlpProtocol,
-) -> Result<opentelemetry_otlp::SpanExporter, String> {
-    use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _};
-    let built = match protocol {
-        OtlpProtocol::Http => opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
-            .with_timeout(EXPORT_TIMEOUT)
-            .with_headers(Default::default())
-            .build(),
-        OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(endpoint)
-            .with_timeout(EXPORT_TIMEOUT)
-            .build(),
+/// Exactly `2 * N` lower-case hex digits.
+fn unhex<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
+    let digit = |b: u8| match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        _ => None,
     };
-    built.map_err(|e| format!("cannot set up the OTLP exporter for {endpoint}: {e}"))
+    if text.len() != 2 * N {
+        return None;
+    }
+    let mut out = [0; N];
+    for (byte, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
+        *byte = digit(pair[0])? << 4 | digit(pair[1])?;
+    }
+    Some(out)
 }
 
-/// The span processor: an ended span goes into the bounded queue, or is dropped and counted.
-#[derive(Debug)]
-struct Queue {
-    queue: mpsc::Sender<SpanData>,
-    metrics: Arc<Metrics>,
-}
-
-impl SpanProcessor for Queue {
-    fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &Context) {}
-
-    fn on_end(&self, span: SpanData) {
-        if self.queue.try_send(span).is_err() {
-            self.metrics.trace_spans_dropped.inc();
-        }
-    }
-
-    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
-        Ok(())
-    }
-
-    fn shutdown_with_timeout(&self, _timeout: Duration) -> opentelemetry_sdk::error::OTelSdkResult {
-        Ok(())
+/// Writes `bytes` as lower-case hex to `out` (twice as long).
+fn hex_into(out: &mut [u8], bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 15)];
     }
 }
 
-/// Sends the queued spans to the collector in batches of at most `limit` (so the spans held
-/// are at most twice the queue's size), one export at a time, until the queue closes. A failing collector is logged when it starts and stops failing, not per batch.
-async fn export(
-    exporter: opentelemetry_otlp::SpanExporter,
-    mut spans: mpsc::Receiver<SpanData>,
-    limit: usize,
-    metrics: Arc<Metrics>,
-) {
-    let mut failing = false;
-    let mut batch = Vec::with_capacity(limit);
-    while spans.recv_many(&mut batch, limit).await > 0 {
-        // Gather for a moment: one export per span would cost more than the spans themselves.
-        let gather = tokio::time::sleep(BATCH_DELAY);
-        tokio::pin!(gather);
-        while batch.len() < limit {
-            let room = limit - batch.len();
-            tokio::select! {
-                _ = &mut gather => break,
-                more = spans.recv_many(&mut batch, room) => if more == 0 { break },
-            }
-        }
-        let sent = batch.len() as u64;
-        let outcome =
-            tokio::time::timeout(EXPORT_TIMEOUT, exporter.export(std::mem::take(&mut batch))).await;
-        match outcome {
-            Ok(Ok(())) => {
-                metrics.trace_spans_exported.inc_by(sent);
-                if failing {
-                    info!("OTLP export works again");
-                    failing = false;
-                }
-            }
-            Ok(Err(e)) if !failing => {
-                warn!(error = %e, "OTLP export failed; spans are dropped until it works");
-                failing = true;
-            }
-            Err(_) if !failing => {
-                warn!("OTLP export timed out; spans are dropped until it works");
-                failing = true;
-            }
-            _ => {}
-        }
-        if failing {
-            metrics.trace_spans_dropped.inc_by(sent);
-        }
-    }
+fn hex(bytes: &[u8]) -> String {
+    let mut out = vec![0; 2 * bytes.len()];
+    hex_into(&mut out, bytes);
+    // Only ASCII hex digits were written.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// The `traceparent` that names `span_id` as the parent (always sampled: only recorded spans
+/// are ever named).
+fn traceparent(trace_id: &TraceId, span_id: &SpanId) -> [u8; 55] {
+    let mut out = *b"00-00000000000000000000000000000000-0000000000000000-01";
+    hex_into(&mut out[3..35], trace_id);
+    hex_into(&mut out[36..52], span_id);
+    out
 }
 
 #[cfg(test)]
@@ -412,15 +490,13 @@ mod tests {
     fn traceparent_is_read_as_the_spec_says() {
         let good = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let context = parse_traceparent(good).unwrap();
-        assert_eq!(
-            context.trace_id().to_string(),
-            "4bf92f3577b34da6a3ce929d0e0e4736"
-        );
-        assert!(context.is_sampled());
+        assert_eq!(hex(&context.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(hex(&context.span_id), "00f067aa0ba902b7");
+        assert!(context.sampled);
         assert!(
             !parse_traceparent(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00")
                 .unwrap()
-                .is_sampled()
+                .sampled
         );
         // A later version: its first four fields.
         assert!(
@@ -437,6 +513,8 @@ mod tests {
             b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
             b"00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
             b"00-zzf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1",
+            "00-4bf92f3577b34da6a3ce929d0e0e47é-00f067aa0ba902b7-01".as_bytes(),
         ] {
             assert!(
                 parse_traceparent(bad).is_none(),
@@ -451,8 +529,16 @@ mod tests {
         let context =
             parse_traceparent(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
         assert_eq!(
-            traceparent(&context),
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+            &traceparent(&context.trace_id, &context.span_id),
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
         );
+    }
+
+    #[test]
+    fn ids_are_never_zero_and_differ() {
+        let (a, b) = (new_span_id(), new_span_id());
+        assert_ne!(a, [0; 8]);
+        assert_ne!(a, b);
+        assert_ne!(new_trace_id(), [0; 16]);
     }
 }

@@ -310,7 +310,7 @@ impl App {
         match table.forward_limit(&path) {
             Some(policy) => {
                 let ip = LimitKey::ip(self.client_ip(request, ctx));
-                self.shared.limits.check(policy, &ip).await
+                crate::ops::traces::scoped_await!(ctx.trace, self.shared.limits.check(policy, &ip))
             }
             None => Ok(()),
         }

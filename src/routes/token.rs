@@ -20,12 +20,11 @@ use crate::error::ProxyError;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::ops::access_log::AccessEntry;
-use crate::ops::traces::RequestTrace;
+use crate::ops::traces::{RequestTrace, SpanKind, scoped_await};
 use crate::routes::body::ProxyBody;
 use crate::routes::cors::{ALLOW, Cors};
 use crate::routes::path::RoutePath;
 use crate::stream_token::StreamMinter;
-use opentelemetry::trace::SpanKind;
 
 /// The route's path. The router also sends every other spelling of it here.
 pub(crate) const TOKEN_PATH: &str = "/api/stream/token";
@@ -87,18 +86,15 @@ impl TokenRoute {
             ref other => return Err(ProxyError::MethodNotAllowed(other.clone(), ALLOW)),
         }
         // Before any parsing or crypto: the per-IP (and global) limit.
-        self.limits
-            .check_token_ip(client_ip)
-            .await
+        // A Redis call inside the checks is a child of the request's span (`limits/`).
+        scoped_await!(trace, self.limits.check_token_ip(client_ip))
             .map_err(ProxyError::RateLimited)?;
         let token = auth::credentials(request.headers(), self.session_cookie)?;
         let session = verify_traced(&self.verifier, token, trace).await?;
         if let Some(e) = entry.as_mut() {
             e.user_id = Some(session.user_id.clone());
         }
-        self.limits
-            .check_token_user(&session.user_id)
-            .await
+        scoped_await!(trace, self.limits.check_token_user(&session.user_id))
             .map_err(ProxyError::RateLimited)?;
         let body =
             tokio::time::timeout(self.body_timeout, read_json_body(request, self.body_limit))
@@ -137,7 +133,8 @@ pub(crate) async fn verify_traced(
     trace: &RequestTrace,
 ) -> Result<Session, ProxyError> {
     let mut span = trace.child("verify session", SpanKind::Internal);
-    let verified = verifier.verify(token).await;
+    // A wait for a JWKS fetch inside it is its child (`auth/keys.rs`).
+    let verified = scoped_await!(span, verifier.verify(token));
     match &verified {
         Ok(session) => trace.user(&session.user_id),
         Err(e) => span.fail(e.code()),

@@ -1,6 +1,8 @@
-//! An OTLP/HTTP receiver: accepts `POST /v1/traces` (protobuf), decodes the spans and keeps
-//! them for the test to look at. With `hang`, it accepts connections and never answers (a
-//! collector that has gone away without closing).
+//! An OTLP receiver: accepts `POST /v1/traces` (OTLP/HTTP, protobuf) or, started with
+//! [`OtlpReceiver::start_grpc`], OTLP/gRPC's `TraceService/Export` over h2c (HTTP/2 without
+//! TLS, hyper's server), decodes the spans and keeps them for the test to look at. With
+//! `hang`, it accepts connections and never answers (a collector that has gone away without
+//! closing).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -9,10 +11,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
+use http_body_util::combinators::WithTrailers;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message as _;
 use tokio::net::TcpListener;
@@ -47,6 +50,15 @@ impl Drop for OtlpReceiver {
 
 impl OtlpReceiver {
     pub async fn start(hang: bool) -> Self {
+        Self::start_with(hang, false).await
+    }
+
+    /// An OTLP/gRPC receiver (h2c).
+    pub async fn start_grpc() -> Self {
+        Self::start_with(false, true).await
+    }
+
+    async fn start_with(hang: bool, grpc: bool) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let spans = Arc::new(Mutex::new(Vec::new()));
@@ -59,11 +71,19 @@ impl OtlpReceiver {
                     continue;
                 }
                 let kept = kept.clone();
-                let service = service_fn(move |request| receive(request, kept.clone()));
-                tokio::spawn(
-                    hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service),
-                );
+                let io = TokioIo::new(stream);
+                if grpc {
+                    let service = service_fn(move |request| receive_grpc(request, kept.clone()));
+                    tokio::spawn(
+                        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                            .serve_connection(io, service),
+                    );
+                } else {
+                    let service = service_fn(move |request| receive(request, kept.clone()));
+                    tokio::spawn(
+                        hyper::server::conn::http1::Builder::new().serve_connection(io, service),
+                    );
+                }
             }
         });
         Self { addr, spans, task }
@@ -108,6 +128,47 @@ async fn receive(
     };
     let mut response = Response::new(Full::new(Bytes::new()));
     *response.status_mut() = status;
+    Ok(response)
+}
+
+type GrpcBody =
+    WithTrailers<Full<Bytes>, std::future::Ready<Option<Result<http::HeaderMap, Infallible>>>>;
+
+/// gRPC: one length-prefixed, uncompressed message in; an empty `ExportTraceServiceResponse`
+/// out, with `grpc-status` in the trailers (0, or 3 INVALID_ARGUMENT for what does not decode).
+async fn receive_grpc(
+    request: Request<Incoming>,
+    spans: Arc<Mutex<Vec<ReceivedSpan>>>,
+) -> Result<Response<GrpcBody>, Infallible> {
+    let well_formed = request.uri().path()
+        == "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+        && request.headers().get("content-type").map(|v| v.as_bytes()) == Some(b"application/grpc");
+    let body = request.into_body().collect().await.map(|b| b.to_bytes());
+    let decoded = body.ok().filter(|_| well_formed).and_then(|b| {
+        let (flag, len) = (
+            *b.first()?,
+            u32::from_be_bytes(b.get(1..5)?.try_into().ok()?),
+        );
+        let message = b.get(5..)?;
+        (flag == 0 && message.len() == len as usize)
+            .then(|| ExportTraceServiceRequest::decode(message).ok())?
+    });
+    let code = match decoded {
+        Some(export) => {
+            spans.lock().unwrap().extend(flatten(export));
+            "0"
+        }
+        None => "3",
+    };
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static(code));
+    let body = Full::new(Bytes::from_static(&[0, 0, 0, 0, 0]))
+        .with_trailers(std::future::ready(Some(Ok(trailers))));
+    let mut response = Response::new(body);
+    response.headers_mut().insert(
+        "content-type",
+        http::HeaderValue::from_static("application/grpc"),
+    );
     Ok(response)
 }
 
