@@ -10,7 +10,7 @@
 //! | `server` | listener, worker threads, admission (`max_connections`, per IP), TLS handshakes, per-connection timeouts, drain |
 //! | `connection` | one client connection: its facts, its slot (held by a tunnel too), requests in flight |
 //! | `tls` | the served certificate (swappable), rustls settings |
-//! | `routes` | the router and its per-request context, the route table and routes with a session (identity headers), the token route, CORS, how Node reads a path, request ids, the response body; errors become responses there |
+//! | `routes` | the router and its per-request context, the route table (with the rate limit a path meets) and routes with a session (identity headers), the token route, CORS, how Node reads a path, request ids, the response body; errors become responses there |
 //! | `auth` | session verification: key sources (JWKS, PEM), token-type rules, the refetch schedule, the verified-session cache |
 //! | `stream_token` | minting Stream user tokens |
 //! | `limits` | rate limits behind one seam (`Limits::check(policy, key)`): named policies, local (governor) and Redis (GCRA script) backends, the first tier, `on_error`; the client IP behind trusted proxies |
