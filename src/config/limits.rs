@@ -75,12 +75,25 @@ impl RateConfig {
         }
     }
 
+    /// As configured: `burst` left out means `requests`.
+    pub(crate) fn with_optional_burst(
+        requests: u32,
+        period: PositiveDuration,
+        burst: Option<u32>,
+    ) -> Self {
+        Self {
+            requests,
+            period,
+            burst,
+        }
+    }
+
     pub fn burst(&self) -> u32 {
         self.burst.unwrap_or(self.requests)
     }
 }
 
-fn one_minute() -> PositiveDuration {
+pub(super) fn one_minute() -> PositiveDuration {
     PositiveDuration::secs(60)
 }
 

@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 
-use super::{ConfigError, FieldName, KeyedBy, PolicySpec, RateConfig};
+use super::{ConfigError, FieldName, KeyedBy, PolicySpec, PositiveDuration, RateConfig};
 
 /// One entry of the route table. The first entry that matches a request wins; a request no
 /// entry matches is forwarded without auth. The token route is answered by the proxy whatever
@@ -37,12 +37,24 @@ pub struct RouteConfig {
 /// `requests` per `period` (burst `burst`) on one route, counted per client IP (before any
 /// session work) or per verified user (after; a request without a session, on an `optional`
 /// route, counts against its IP).
+///
+/// The fields are spelt out rather than a flattened [`RateConfig`], so that a misspelt key is
+/// named in the error (serde cannot deny unknown fields through `flatten`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteLimit {
     pub per: LimitPer,
-    #[serde(flatten)]
-    pub rate: RateConfig,
+    pub requests: u32,
+    #[serde(default = "super::limits::one_minute")]
+    pub period: PositiveDuration,
+    #[serde(default)]
+    pub burst: Option<u32>,
+}
+
+impl RouteLimit {
+    pub fn rate(&self) -> RateConfig {
+        RateConfig::with_optional_burst(self.requests, self.period, self.burst)
+    }
 }
 
 /// What a route's limit counts by.
@@ -130,7 +142,7 @@ impl RouteConfig {
             id.clone(),
             id,
             setting,
-            limit.rate.clone(),
+            limit.rate(),
             keyed_by,
         ))
     }
@@ -229,8 +241,8 @@ mod tests {
         );
         let no_burst = with_limit("none", r#"{ per = "ip", requests = 5, burst = 0 }"#);
         assert!(no_burst.unwrap_err().contains("burst must be at least 1"));
-        let misspelt = with_limit("none", r#"{ per = "ip", request = 5 }"#);
-        assert!(misspelt.unwrap_err().contains("request"));
+        let misspelt = with_limit("none", r#"{ per = "ip", requests = 5, brust = 2 }"#);
+        assert!(misspelt.unwrap_err().contains("unknown field `brust`"));
         let unknown_per = with_limit("none", r#"{ per = "org", requests = 5 }"#);
         assert!(unknown_per.unwrap_err().contains("org"));
     }
