@@ -483,8 +483,11 @@ function proc() {
   // RssAnon is the heap (mimalloc's segments, stacks); RssFile mostly the binary's own pages,
   // which the kernel maps in as they are used (and as other processes running the same binary
   // warm the page cache): a leak shows in RssAnon.
+  // AnonHugePages: how much of RssAnon is transparent huge pages (2 MiB each, resident whole).
+  const rollup = fs.readFileSync(`/proc/${PID}/smaps_rollup`, 'utf8');
+  const huge = Number((/^AnonHugePages:\s+(\d+)/m.exec(rollup) || [])[1]);
   return {
-    rss: kib('VmRSS'), hwm: kib('VmHWM'), anon: kib('RssAnon'), file: kib('RssFile'),
+    rss: kib('VmRSS'), hwm: kib('VmHWM'), anon: kib('RssAnon'), file: kib('RssFile'), huge,
     fds: fs.readdirSync(`/proc/${PID}/fd`).length,
   };
 }
@@ -507,7 +510,7 @@ async function sample() {
   const text = await metrics();
   const row = {
     t: Math.round(elapsed()),
-    rss_kib: p.rss, hwm_kib: p.hwm, anon_kib: p.anon, file_kib: p.file, fds: p.fds,
+    rss_kib: p.rss, hwm_kib: p.hwm, anon_kib: p.anon, file_kib: p.file, huge_kib: p.huge, fds: p.fds,
     open_connections: metric(text, 'open_connections'),
     open_tunnels: metric(text, 'open_tunnels'),
     requests: sum(interval.ok), errors: sum(interval.errors), cutoffs: sum(interval.expected),
@@ -518,7 +521,7 @@ async function sample() {
   interval = { ok: {}, expected: {}, errors: {} };
   console.log(
     `${String(Math.round(row.t / 60)).padStart(3)} min  RSS ${(row.rss_kib / 1024).toFixed(1)} MiB ` +
-    `(anon ${(row.anon_kib / 1024).toFixed(1)}, file ${(row.file_kib / 1024).toFixed(1)})  ` +
+    `(anon ${(row.anon_kib / 1024).toFixed(1)}, file ${(row.file_kib / 1024).toFixed(1)}, huge pages ${(row.huge_kib / 1024).toFixed(1)})  ` +
     `fds ${row.fds}  open_connections ${row.open_connections}  requests ${row.requests}  ` +
     `errors ${row.errors}  cut-offs ${row.cutoffs}`);
   return text;
@@ -537,10 +540,10 @@ function report(finalMetrics) {
   const fdSpan = span('fds');
   const errors = sum(total.errors);
   const lines = [];
-  lines.push(`| minute | RSS MiB | RssAnon | RssFile | peak RSS | fds | open connections | requests | errors | slowloris cut-offs | SIGHUPs | rotations |`);
-  lines.push(`| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |`);
+  lines.push(`| minute | RSS MiB | RssAnon | RssFile | AnonHugePages | peak RSS | fds | open connections | requests | errors | slowloris cut-offs | SIGHUPs | rotations |`);
+  lines.push(`| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |`);
   for (const s of samples) {
-    lines.push(`| ${(s.t / 60).toFixed(0)} | ${mib(s.rss_kib)} | ${mib(s.anon_kib)} | ${mib(s.file_kib)} | ${mib(s.hwm_kib)} | ${s.fds} | ${s.open_connections} | ` +
+    lines.push(`| ${(s.t / 60).toFixed(0)} | ${mib(s.rss_kib)} | ${mib(s.anon_kib)} | ${mib(s.file_kib)} | ${mib(s.huge_kib)} | ${mib(s.hwm_kib)} | ${s.fds} | ${s.open_connections} | ` +
       `${s.requests} | ${s.errors} | ${s.cutoffs} | ${s.sighups} | ${s.rotations} |`);
   }
   const reloads = (finalMetrics.match(/^stream_token_proxy_reloads_total\{[^}]*\} \S+/gm) || []).join('; ');

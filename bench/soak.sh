@@ -18,6 +18,7 @@
 #
 # Usage: bench/soak.sh                   # 30 minutes
 #        DURATION=5m WARMUP=1m bench/soak.sh
+#        HEAPTRACK=1 DURATION=15m bench/soak.sh   # the same under heaptrack (system allocator)
 # Env: DURATION, WARMUP (default 5m: excluded from the flatness check), TOKEN_RATE (40/s),
 #      SIGHUP_EVERY (30s), ROTATE_EVERY (2m), SAMPLE_EVERY (1m), OUT (default
 #      bench/results/soak-<date>), PORT_BASE (18520: proxy, +1 admin, +2 Node).
@@ -32,8 +33,15 @@ cd "$ROOT"
 PORT_BASE=${PORT_BASE:-18520}
 OUT=${OUT:-$ROOT/bench/results/soak-$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$OUT"
-[ -n "${SKIP_BUILD:-}" ] || cargo build --release --locked -q
-BIN="$ROOT/target/release/stream-token-proxy"
+if [ -n "${HEAPTRACK:-}" ]; then
+  # heaptrack hooks malloc, so the proxy is built on the system allocator (no mimalloc), in a
+  # target directory of its own; the profile shows the live heap over time and who holds it.
+  [ -n "${SKIP_BUILD:-}" ] || cargo build --release --locked -q --no-default-features --target-dir "$ROOT/target/heaptrack"
+  BIN="$ROOT/target/heaptrack/release/stream-token-proxy"
+else
+  [ -n "${SKIP_BUILD:-}" ] || cargo build --release --locked -q
+  BIN="$ROOT/target/release/stream-token-proxy"
+fi
 
 work=$(mktemp -d)
 pids=()
@@ -89,8 +97,20 @@ TOML
 # a second for `dev-token --sub user_N` would take a core of this machine.
 "$BIN" --config "$work/proxy.toml" dev-token --sub user_0 --ttl 3600 >"$work/template.jwt"
 
-"$BIN" --config "$work/proxy.toml" >"$OUT/proxy.log" 2>&1 &
-proxy=$!
+if [ -n "${HEAPTRACK:-}" ]; then
+  heaptrack -o "$OUT/heaptrack" "$BIN" --config "$work/proxy.toml" >"$OUT/proxy.log" 2>&1 &
+  heaptrack_pid=$!
+  proxy=
+  for _ in $(seq 100); do
+    proxy=$(pgrep -P "$heaptrack_pid" -f stream-token-proxy || true)
+    [ -n "$proxy" ] && break
+    sleep 0.1
+  done
+  [ -n "$proxy" ] || { echo "heaptrack did not start the proxy"; cat "$OUT/proxy.log"; exit 1; }
+else
+  "$BIN" --config "$work/proxy.toml" >"$OUT/proxy.log" 2>&1 &
+  proxy=$!
+fi
 pids+=($proxy)
 ready=
 for _ in $(seq 100); do
@@ -113,6 +133,12 @@ node "$ROOT/bench/soak.js" \
   --sighup-every "${SIGHUP_EVERY:-30s}" --rotate-every "${ROTATE_EVERY:-2m}" \
   --sample-every "${SAMPLE_EVERY:-1m}" || status=$?
 kill -0 "$proxy" 2>/dev/null || { echo "the proxy died during the soak"; status=1; }
+if [ -n "${HEAPTRACK:-}" ]; then
+  # heaptrack writes its file once the proxy has exited; the cleanup's SIGKILL must not cut it.
+  kill "$proxy" 2>/dev/null || true
+  wait "$heaptrack_pid" || true
+  echo "heap profile: heaptrack_print -M $OUT/massif.out $OUT/heaptrack.*.zst (or heaptrack_gui)"
+fi
 # A PNG beside the SVG where librsvg's converter is installed (Debian: librsvg2-bin).
 if [ -f "$OUT/soak.svg" ] && command -v rsvg-convert >/dev/null; then
   rsvg-convert "$OUT/soak.svg" -o "$OUT/soak.png" && echo "chart: $OUT/soak.png"

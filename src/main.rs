@@ -13,6 +13,8 @@ use tracing_subscriber::EnvFilter;
 // malloc the allocator was a visible share of the proxy's CPU under load (BENCHMARKS.md).
 // Built without transparent huge pages (`no_thp`): mimalloc otherwise asks for them on its
 // arena, and every 2 MiB page it touches is resident whole (9 MiB more RSS at start).
+// `cargo build --no-default-features` leaves it out (the system allocator, for heaptrack).
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
