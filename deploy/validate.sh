@@ -68,11 +68,11 @@ PY
 echo "== proxy.toml (check-config)"
 cargo build -q --release
 STREAM_API_SECRET=placeholder-for-validation ./target/release/stream-token-proxy \
-  --config deploy/kubernetes/proxy.toml check-config --no-tls-files
+  --config deploy/kubernetes/proxy.toml check-config --no-mounted-files
 # As the redis-limits overlay runs it:
 STREAM_API_SECRET=placeholder-for-validation LIMITS_BACKEND=redis \
   REDIS_URL=redis://stream-token-proxy-redis:6379/0 REDIS_PASSWORD=placeholder \
-  ./target/release/stream-token-proxy --config deploy/kubernetes/proxy.toml check-config --no-tls-files
+  ./target/release/stream-token-proxy --config deploy/kubernetes/proxy.toml check-config --no-mounted-files
 
 echo "== docker build"
 if command -v docker >/dev/null && docker info >/dev/null 2>&1; then

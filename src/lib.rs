@@ -48,6 +48,8 @@ mod upstream;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -57,7 +59,7 @@ pub use dev_profile::dev_token;
 
 use crate::auth::KeyStore;
 use crate::auth::keys::KeyError;
-use crate::config::{ConfigError, RouteConfig, Secret};
+use crate::config::{Backend, ConfigError, RouteConfig, Secret};
 use crate::dev_profile::{DevProfileError, DevSigner};
 use crate::limits::{Limits, RedisSetupError};
 use crate::metrics::Metrics;
@@ -227,10 +229,22 @@ pub async fn start(mut config: Config) -> Result<ProxyHandle, StartError> {
     })
 }
 
-/// Loads the certificate and key the configuration names, as `start` would (`check-config`).
-pub fn check_tls_files(config: &Config) -> Result<(), TlsError> {
-    let (cert, key) = config.tls_paths();
-    CertStore::load(&cert, &key).map(drop)
+/// What `check-config` loads besides the configuration: the files a deployment mounts and
+/// `start` reads, each as `start` reads it, so a missing or unusable one fails the check and
+/// not the rollout. The TLS certificate and key (outside the dev profile),
+/// `auth.public_key_file`, and on the Redis backend `limits.redis.ca_file`.
+pub fn check_mounted_files(config: &Config) -> Result<(), StartError> {
+    if config.tls.enabled && !config.dev {
+        let (cert, key) = config.tls_paths();
+        CertStore::load(&cert, &key)?;
+    }
+    if let Some(file) = &config.auth.public_key_file {
+        public_key_file(config, file, Arc::new(Metrics::new()))?;
+    }
+    if config.limits.backend == Backend::Redis {
+        Limits::check_redis_client(&config.limits.redis, redis_ca(config)?)?;
+    }
+    Ok(())
 }
 
 /// The Stream API secret (from the environment, a file, or the dev profile).
@@ -262,18 +276,7 @@ fn secret_file(config: &Config) -> Option<std::path::PathBuf> {
 /// The rate limits on the configured backend (not waiting for Redis): `[limits]` and the
 /// routes' own, with the CA file that signs a `rediss://` server read now.
 fn limits(config: &Config, metrics: &Arc<Metrics>) -> Result<Limits, StartError> {
-    let ca_pem = match &config.limits.redis.ca_file {
-        Some(file) => {
-            let path = config.resolve(file);
-            Some(std::fs::read(&path).map_err(|e| {
-                ConfigError::new(
-                    path.display(),
-                    format!("cannot read limits.redis.ca_file: {e}"),
-                )
-            })?)
-        }
-        None => None,
-    };
+    let ca_pem = redis_ca(config)?;
     let route_policies = config
         .routes
         .iter()
@@ -287,6 +290,25 @@ fn limits(config: &Config, metrics: &Arc<Metrics>) -> Result<Limits, StartError>
     )?)
 }
 
+/// `limits.redis.ca_file`, when set: PEM holding at least one certificate (an empty trust
+/// store would only show later, as every TLS connection to Redis failing).
+fn redis_ca(config: &Config) -> Result<Option<Vec<u8>>, ConfigError> {
+    let Some(file) = &config.limits.redis.ca_file else {
+        return Ok(None);
+    };
+    let path = config.resolve(file);
+    let bad = |message: String| ConfigError::new(path.display(), message);
+    let pem =
+        std::fs::read(&path).map_err(|e| bad(format!("cannot read limits.redis.ca_file: {e}")))?;
+    let certs = CertificateDer::pem_slice_iter(&pem).collect::<Result<Vec<_>, _>>();
+    match certs {
+        Ok(certs) if !certs.is_empty() => Ok(Some(pem)),
+        _ => Err(bad(
+            "limits.redis.ca_file holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into(),
+        )),
+    }
+}
+
 /// The key store the configuration names (exactly one source; `Config::validate` checks).
 fn key_store(config: &Config, metrics: Arc<Metrics>) -> Result<KeyStore, StartError> {
     let auth = &config.auth;
@@ -297,12 +319,7 @@ fn key_store(config: &Config, metrics: Arc<Metrics>) -> Result<KeyStore, StartEr
         return Ok(KeyStore::from_pem(pem.as_bytes(), metrics)?);
     }
     if let Some(file) = &auth.public_key_file {
-        let path = config.resolve(file);
-        let pem = std::fs::read(&path).map_err(|source| KeyError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        return Ok(KeyStore::from_pem(&pem, metrics)?);
+        return public_key_file(config, file, metrics);
     }
     if let Some(file) = &auth.dev_signing_key {
         return Ok(DevSigner::load(&config.resolve(file))?.key_store(metrics)?);
@@ -312,4 +329,18 @@ fn key_store(config: &Config, metrics: Arc<Metrics>) -> Result<KeyStore, StartEr
         message: "no session-token key source (auth.jwks_url, auth.public_key_pem, ...)".into(),
     }
     .into())
+}
+
+/// The key store of `auth.public_key_file`: one PEM public key.
+fn public_key_file(
+    config: &Config,
+    file: &std::path::Path,
+    metrics: Arc<Metrics>,
+) -> Result<KeyStore, StartError> {
+    let path = config.resolve(file);
+    let pem = std::fs::read(&path).map_err(|source| KeyError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    Ok(KeyStore::from_pem(&pem, metrics)?)
 }

@@ -34,12 +34,13 @@ struct Cli {
 enum Command {
     /// Run the proxy (the default when no subcommand is given).
     Serve,
-    /// Validate the configuration (file and environment overrides) and, outside the dev
-    /// profile, load the TLS certificate and key; print a summary, exit (0 if valid, 2 if not).
+    /// Validate the configuration (file and environment overrides) and load the files a
+    /// deployment mounts (the TLS certificate and key outside the dev profile,
+    /// auth.public_key_file, limits.redis.ca_file); print a summary, exit (0 if valid, 2 if not).
     CheckConfig {
-        /// Do not load the TLS files (for CI, where the mounted certificate does not exist).
-        #[arg(long)]
-        no_tls_files: bool,
+        /// Do not load the mounted files (for CI, where they do not exist).
+        #[arg(long, alias = "no-tls-files")]
+        no_mounted_files: bool,
     },
     /// Print a Clerk-shaped session token signed with the dev key (dev configs only), for
     /// trying the token route without a Clerk account.
@@ -80,7 +81,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command.unwrap_or(Command::Serve) {
-        Command::CheckConfig { no_tls_files } => check_config(&config, !no_tls_files),
+        Command::CheckConfig { no_mounted_files } => check_config(&config, !no_mounted_files),
         Command::Serve => serve(config),
         Command::DevToken { sub, ttl } => match stream_token_proxy::dev_token(&config, &sub, ttl) {
             Ok(token) => {
@@ -95,14 +96,10 @@ fn main() -> ExitCode {
     }
 }
 
-/// `check-config`: the file and overrides are valid (they were loaded); a deployment's
-/// certificate must load now too, not at the first rollout.
-fn check_config(config: &Config, tls_files: bool) -> ExitCode {
-    if config.tls.enabled
-        && !config.dev
-        && tls_files
-        && let Err(e) = stream_token_proxy::check_tls_files(config)
-    {
+/// `check-config`: the file and overrides are valid (they were loaded); the files a
+/// deployment mounts must load now too, not at the first rollout.
+fn check_config(config: &Config, mounted_files: bool) -> ExitCode {
+    if mounted_files && let Err(e) = stream_token_proxy::check_mounted_files(config) {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }

@@ -193,7 +193,7 @@ fn check_config_accepts_a_good_file() {
     // ...unless told to leave the TLS files alone (CI validating a ConfigMap).
     let out = run(
         dir.path(),
-        &["--config", &config, "check-config", "--no-tls-files"],
+        &["--config", &config, "check-config", "--no-mounted-files"],
         STEP,
     );
     assert!(out.status.success(), "{}", out.all());
@@ -209,6 +209,63 @@ fn check_config_accepts_a_good_file() {
 }
 
 #[test]
+fn check_config_loads_the_public_key_file_and_the_redis_ca_as_start_would() {
+    let dir = tempfile::tempdir().unwrap();
+    prod_secret(dir.path());
+    // TLS off: only the files under test are mounted ones.
+    let base = "[tls]\nenabled = false\n[upstream]\nurl = \"http://127.0.0.1:3002\"\n\
+        [stream]\napi_secret_file = \"stream-secret\"\n\
+        [auth]\nissuer = \"https://clerk.example.com\"\n";
+    let check = |name: &str, text: &str, args: &[&str]| {
+        let config = write(dir.path(), name, text);
+        let mut argv = vec!["--config", config.as_str(), "check-config"];
+        argv.extend_from_slice(args);
+        run(dir.path(), &argv, STEP)
+    };
+    // A public key file that is not there: said now, with its path, not at the first start.
+    let key = format!("{base}public_key_file = \"clerk-key.pem\"\n");
+    let out = check("key.toml", &key, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", out.all());
+    assert!(out.stderr.contains("clerk-key.pem"), "{}", out.all());
+    // One that is there but holds no key.
+    std::fs::write(dir.path().join("clerk-key.pem"), "not a key\n").unwrap();
+    let out = check("key.toml", &key, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", out.all());
+    // CI, where the mounted files do not exist, skips them (the old flag name still works).
+    for flag in ["--no-mounted-files", "--no-tls-files"] {
+        let out = check("key.toml", &key, &[flag]);
+        assert!(out.status.success(), "{flag}: {}", out.all());
+    }
+    // The Redis CA: a file with no certificate in it would only show as every TLS connection
+    // to Redis failing; check-config (and start) refuse it.
+    std::fs::write(
+        dir.path().join("redis-ca.pem"),
+        "-----BEGIN PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let redis = format!(
+        "{base}jwks_url = \"https://clerk.example.com/.well-known/jwks.json\"\n\
+         [limits]\nbackend = \"redis\"\n\
+         [limits.redis]\nurl = \"rediss://127.0.0.1:6390\"\nca_file = \"redis-ca.pem\"\n"
+    );
+    let out = check("redis.toml", &redis, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", out.all());
+    assert!(
+        out.stderr.contains("holds no PEM certificate"),
+        "{}",
+        out.all()
+    );
+    std::fs::remove_file(dir.path().join("redis-ca.pem")).unwrap();
+    let out = check("redis.toml", &redis, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", out.all());
+    assert!(
+        out.stderr.contains("cannot read limits.redis.ca_file"),
+        "{}",
+        out.all()
+    );
+}
+
+#[test]
 fn check_config_warns_about_an_issuer_that_cannot_match_clerks() {
     let dir = tempfile::tempdir().unwrap();
     prod_secret(dir.path());
@@ -218,7 +275,7 @@ fn check_config_warns_about_an_issuer_that_cannot_match_clerks() {
         let config = write(dir.path(), "issuer.toml", &text);
         run(
             dir.path(),
-            &["--config", &config, "check-config", "--no-tls-files"],
+            &["--config", &config, "check-config", "--no-mounted-files"],
             STEP,
         )
     };

@@ -33,7 +33,7 @@ use quick_cache::sync::Cache;
 
 use self::local::{Gcra, LocalLimiter};
 use self::redis::{RedisBackend, Verdict};
-use crate::config::{Backend, KeyedBy, LimitsConfig, OnError, PolicySpec};
+use crate::config::{Backend, KeyedBy, LimitsConfig, OnError, PolicySpec, RedisConfig};
 use crate::metrics::{BackendOutcome, Metrics};
 use crate::ops::traces::{self, SpanKind};
 
@@ -144,6 +144,15 @@ impl Limits {
         let mut specs = config.policies();
         specs.extend(extra);
         Ok(Self::build(config, specs, redis, metrics.clone()))
+    }
+
+    /// Builds (without connecting) the Redis client `start` would: the URL and the CA (for
+    /// `check-config`).
+    pub(crate) fn check_redis_client(
+        config: &RedisConfig,
+        ca_pem: Option<Vec<u8>>,
+    ) -> Result<(), RedisSetupError> {
+        self::redis::client(config, ca_pem).map(drop)
     }
 
     fn build(

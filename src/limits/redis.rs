@@ -387,7 +387,10 @@ async fn probe_until_up(shared: Weak<Shared>, at_start: bool) {
 
 /// The client for `config`'s URL, with the password set apart from the URL (so no URL string
 /// with the password in it ever exists).
-fn client(config: &RedisConfig, ca_pem: Option<Vec<u8>>) -> Result<Client, RedisSetupError> {
+pub(super) fn client(
+    config: &RedisConfig,
+    ca_pem: Option<Vec<u8>>,
+) -> Result<Client, RedisSetupError> {
     let url = &config.url;
     let scheme = if url.tls { "rediss" } else { "redis" };
     let bad = |e: RedisError| RedisSetupError(describe(&e));
