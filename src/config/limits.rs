@@ -180,6 +180,24 @@ pub struct ForwardLimit {
 }
 
 impl LimitsConfig {
+    /// Valid but probably not meant: said by `check-config` and at start.
+    pub(super) fn warnings(&self) -> Vec<String> {
+        let redis = &self.redis;
+        let mut warnings = Vec::new();
+        if self.backend == Backend::Redis
+            && redis.on_error == super::OnError::Local
+            && redis.replicas_hint.is_none()
+        {
+            warnings.push(
+                "limits.redis.on_error = \"local\" without replicas_hint: while Redis is away \
+                 every replica allows the whole limit, so the fleet allows it once per replica; \
+                 set replicas_hint to the Deployment's replicas"
+                    .into(),
+            );
+        }
+        warnings
+    }
+
     /// Every named limit this section configures, switched-off ones included (the limiters
     /// skip those). A limit configured elsewhere (a route's own) is one more [`PolicySpec`]
     /// handed to `Limits` beside these.

@@ -180,7 +180,9 @@ impl Config {
     /// Settings that are valid but probably wrong; `check-config` prints them and `serve`
     /// logs them.
     pub fn warnings(&self) -> Vec<String> {
-        self.auth.warnings(self.dev)
+        let mut warnings = self.auth.warnings(self.dev);
+        warnings.extend(self.limits.warnings());
+        warnings
     }
 
     /// Reads the Stream secret from `stream.api_secret_file` unless the environment gave it
@@ -260,6 +262,22 @@ mod tests {
         assert!(config.tls.enabled);
         assert_eq!(config.server.listen.port(), 3001);
         assert!(*config.upstream.pool_idle_timeout < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_redis_fallback_without_replicas_hint_is_warned_about() {
+        let warned = |text: &str| {
+            parse(text)
+                .unwrap()
+                .warnings()
+                .iter()
+                .any(|w| w.contains("without replicas_hint"))
+        };
+        let redis = "[limits]\nbackend = \"redis\"\n[limits.redis]\n";
+        assert!(warned(redis), "on_error = local is the default");
+        assert!(!warned(&format!("{redis}replicas_hint = 3\n")));
+        assert!(!warned(&format!("{redis}on_error = \"deny\"\n")));
+        assert!(!warned("[limits]\nbackend = \"local\"\n"));
     }
 
     #[test]
