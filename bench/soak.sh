@@ -137,7 +137,7 @@ if [ -n "${HEAPTRACK:-}" ]; then
   # heaptrack writes its file once the proxy has exited; the cleanup's SIGKILL must not cut it.
   kill "$proxy" 2>/dev/null || true
   wait "$heaptrack_pid" || true
-  echo "heap profile: heaptrack_print -M $OUT/massif.out $OUT/heaptrack.*.zst (or heaptrack_gui)"
+  echo "heap profile: $OUT/heaptrack.zst (heaptrack_print $OUT/heaptrack.zst, or heaptrack_gui)"
 fi
 # A PNG beside the SVG where librsvg's converter is installed (Debian: librsvg2-bin).
 if [ -f "$OUT/soak.svg" ] && command -v rsvg-convert >/dev/null; then
