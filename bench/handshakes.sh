@@ -49,11 +49,18 @@ PROXY_LISTEN=127.0.0.1:$PORT_BASE UPSTREAM_URL=http://127.0.0.1:$up_port \
   "$PROXY_BIN" --config "$run/proxy.toml" >"$run/proxy.log" 2>&1 &
 px=$!
 pids+=($px)
+ready=
 for _ in $(seq 100); do
-  curl -sk -o /dev/null "https://127.0.0.1:$PORT_BASE/api/hello" &&
-    curl -sk -o /dev/null "https://127.0.0.1:$nginx_port/api/hello" && break
+  if curl -sk -o /dev/null "https://127.0.0.1:$PORT_BASE/api/hello" &&
+    curl -sk -o /dev/null "https://127.0.0.1:$nginx_port/api/hello"; then
+    ready=1
+    break
+  fi
   sleep 0.1
 done
+# Alive and answering (a port held by a stale process would answer for a dead one).
+kill -0 "$up" "$ng" "$px" 2>/dev/null && [ -n "$ready" ] ||
+  { echo "the proxy, nginx or Node did not start" >&2; cat "$run/proxy.log" "$run/error.log" >&2; exit 1; }
 
 ticks() {
   local s=0 p
@@ -61,7 +68,9 @@ ticks() {
   echo "$s"
 }
 hz=$(getconf CLK_TCK)
-# CLIENTS s_time processes at once; prints the connections they made in total.
+# CLIENTS s_time processes at once; prints the connections they made in total. A client that
+# saw a failed connection prints no summary: that fails the run (its connections' CPU would
+# otherwise count against the others').
 connections() {
   local port=$1 kind=$2 i clients=()
   for i in $(seq "$CLIENTS"); do
@@ -70,18 +79,26 @@ connections() {
     clients+=($!)
   done
   wait "${clients[@]}" || true
+  local summaries
+  summaries=$(cat "$run"/s_time.* | grep -cE 'connections in [0-9.]+ real seconds' || true)
+  if [ "$summaries" != "$CLIENTS" ]; then
+    echo "only $summaries of $CLIENTS s_time clients finished (port $port, -$kind):" >&2
+    tail -n 3 "$run"/s_time.* >&2
+    return 1
+  fi
   cat "$run"/s_time.* | awk '/connections in [0-9.]+ real seconds/ {n += $1} END {print n + 0}'
 }
 for r in $(seq "$ROUNDS"); do
   for target in nginx proxy; do
     if [ $target = nginx ]; then port=$nginx_port; tp="$(pgrep -d' ' -P $ng || true) $ng"; else port=$PORT_BASE; tp=$px; fi
     for kind in new reuse; do
-      c0=$(ticks $tp); u0=$(ticks $up)
+      # s_time runs from D to D+1 seconds: the window is timed here, not taken as D.
+      c0=$(ticks $tp); u0=$(ticks $up); t0=$(date +%s.%N)
       n=$(connections "$port" "$kind")
-      c1=$(ticks $tp); u1=$(ticks $up)
+      c1=$(ticks $tp); u1=$(ticks $up); t1=$(date +%s.%N)
       printf 'round %s %-6s %-7s %6s connections  %7.1f conn/s  cpu %7s us/conn  upstream %6s us/conn\n' \
         "$r" "$target" "$([ $kind = new ] && echo full || echo resumed)" "$n" \
-        "$(awk -v n="$n" -v d="$DURATION" 'BEGIN{print n / d}')" \
+        "$(awk -v n="$n" -v a="$t0" -v b="$t1" 'BEGIN{print n / (b - a)}')" \
         "$(awk -v c=$((c1 - c0)) -v n="$n" -v hz="$hz" 'BEGIN{printf "%.1f", n ? c / hz / n * 1e6 : 0}')" \
         "$(awk -v c=$((u1 - u0)) -v n="$n" -v hz="$hz" 'BEGIN{printf "%.1f", n ? c / hz / n * 1e6 : 0}')"
     done

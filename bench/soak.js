@@ -485,7 +485,7 @@ function proc() {
   // warm the page cache): a leak shows in RssAnon.
   // AnonHugePages: how much of RssAnon is transparent huge pages (2 MiB each, resident whole).
   const rollup = fs.readFileSync(`/proc/${PID}/smaps_rollup`, 'utf8');
-  const huge = Number((/^AnonHugePages:\s+(\d+)/m.exec(rollup) || [])[1]);
+  const huge = Number((/^AnonHugePages:\s+(\d+)/m.exec(rollup) || [0, 0])[1]);
   return {
     rss: kib('VmRSS'), hwm: kib('VmHWM'), anon: kib('RssAnon'), file: kib('RssFile'), huge,
     fds: fs.readdirSync(`/proc/${PID}/fd`).length,

@@ -19,10 +19,13 @@
 # Usage: bench/soak.sh                   # 30 minutes
 #        DURATION=5m WARMUP=1m bench/soak.sh
 #        HEAPTRACK=1 DURATION=15m bench/soak.sh   # the same under heaptrack (system allocator)
+# HEAPTRACK=1 writes OUT/heaptrack.zst (`heaptrack_print` it); its RSS then includes heaptrack's
+# own memory and glibc's malloc, so its verdict is not comparable with a normal run's.
 # Env: DURATION, WARMUP (default 5m: excluded from the flatness check), TOKEN_RATE (40/s),
 #      SIGHUP_EVERY (30s), ROTATE_EVERY (2m), SAMPLE_EVERY (1m), OUT (default
 #      bench/results/soak-<date>), PORT_BASE (18520: proxy, +1 admin, +2 Node).
-# Output: OUT/soak.md (table and verdict), OUT/soak.svg (chart; soak.png too with rsvg-convert),
+# Every minute: VmRSS, RssAnon, RssFile, AnonHugePages (transparent huge pages), fds, open
+# connections, requests and errors. Output: OUT/soak.md (table and verdict), OUT/soak.svg (chart; soak.png too with rsvg-convert),
 # OUT/samples.json, logs. `node bench/soak.js --chart OUT/samples.json --duration D --warmup W`
 # redraws the chart.
 # Targets: 0 errors other than slowloris cut-offs; after WARMUP, RSS within 2 MiB and the fd count
@@ -33,10 +36,13 @@ cd "$ROOT"
 PORT_BASE=${PORT_BASE:-18520}
 OUT=${OUT:-$ROOT/bench/results/soak-$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$OUT"
-if [ -n "${HEAPTRACK:-}" ]; then
+HEAPTRACK=${HEAPTRACK:-0}
+if [ "$HEAPTRACK" = 1 ]; then
   # heaptrack hooks malloc, so the proxy is built on the system allocator (no mimalloc), in a
   # target directory of its own; the profile shows the live heap over time and who holds it.
-  [ -n "${SKIP_BUILD:-}" ] || cargo build --release --locked -q --no-default-features --target-dir "$ROOT/target/heaptrack"
+  # (with line tables, so the profile names files and lines)
+  [ -n "${SKIP_BUILD:-}" ] || CARGO_PROFILE_RELEASE_DEBUG=line-tables-only \
+    cargo build --release --locked -q --no-default-features --target-dir "$ROOT/target/heaptrack"
   BIN="$ROOT/target/heaptrack/release/stream-token-proxy"
 else
   [ -n "${SKIP_BUILD:-}" ] || cargo build --release --locked -q
@@ -97,12 +103,17 @@ TOML
 # a second for `dev-token --sub user_N` would take a core of this machine.
 "$BIN" --config "$work/proxy.toml" dev-token --sub user_0 --ttl 3600 >"$work/template.jwt"
 
-if [ -n "${HEAPTRACK:-}" ]; then
+if [ "$HEAPTRACK" = 1 ]; then
   heaptrack -o "$OUT/heaptrack" "$BIN" --config "$work/proxy.toml" >"$OUT/proxy.log" 2>&1 &
   heaptrack_pid=$!
+  pids+=($heaptrack_pid)
+  # The proxy is the wrapper's child running $BIN (its other children are short-lived shells
+  # whose command lines name $BIN too).
   proxy=
   for _ in $(seq 100); do
-    proxy=$(pgrep -P "$heaptrack_pid" -f stream-token-proxy || true)
+    for child in $(pgrep -P "$heaptrack_pid" || true); do
+      [ "$(readlink "/proc/$child/exe" 2>/dev/null)" = "$BIN" ] && proxy=$child
+    done
     [ -n "$proxy" ] && break
     sleep 0.1
   done
@@ -133,10 +144,10 @@ node "$ROOT/bench/soak.js" \
   --sighup-every "${SIGHUP_EVERY:-30s}" --rotate-every "${ROTATE_EVERY:-2m}" \
   --sample-every "${SAMPLE_EVERY:-1m}" || status=$?
 kill -0 "$proxy" 2>/dev/null || { echo "the proxy died during the soak"; status=1; }
-if [ -n "${HEAPTRACK:-}" ]; then
+if [ "$HEAPTRACK" = 1 ]; then
   # heaptrack writes its file once the proxy has exited; the cleanup's SIGKILL must not cut it.
   kill "$proxy" 2>/dev/null || true
-  wait "$heaptrack_pid" || true
+  for _ in $(seq 300); do kill -0 "$heaptrack_pid" 2>/dev/null || break; sleep 0.1; done
   echo "heap profile: $OUT/heaptrack.zst (heaptrack_print $OUT/heaptrack.zst, or heaptrack_gui)"
 fi
 # A PNG beside the SVG where librsvg's converter is installed (Debian: librsvg2-bin).
