@@ -222,15 +222,17 @@ fn check_config_loads_the_public_key_file_and_the_redis_ca_as_start_would() {
         argv.extend_from_slice(args);
         run(dir.path(), &argv, STEP)
     };
+    // Refused (exit 2), saying `says`.
+    let refused = |out: Finished, says: &str| {
+        assert_eq!(out.status.code(), Some(2), "{}", out.all());
+        assert!(out.stderr.contains(says), "{}", out.all());
+    };
     // A public key file that is not there: said now, with its path, not at the first start.
     let key = format!("{base}public_key_file = \"clerk-key.pem\"\n");
-    let out = check("key.toml", &key, &[]);
-    assert_eq!(out.status.code(), Some(2), "{}", out.all());
-    assert!(out.stderr.contains("clerk-key.pem"), "{}", out.all());
+    refused(check("key.toml", &key, &[]), "clerk-key.pem");
     // One that is there but holds no key.
     std::fs::write(dir.path().join("clerk-key.pem"), "not a key\n").unwrap();
-    let out = check("key.toml", &key, &[]);
-    assert_eq!(out.status.code(), Some(2), "{}", out.all());
+    refused(check("key.toml", &key, &[]), ""); // whatever it says
     // CI, where the mounted files do not exist, skips them (the old flag name still works).
     for flag in ["--no-mounted-files", "--no-tls-files"] {
         let out = check("key.toml", &key, &[flag]);
@@ -248,20 +250,11 @@ fn check_config_loads_the_public_key_file_and_the_redis_ca_as_start_would() {
          [limits]\nbackend = \"redis\"\n\
          [limits.redis]\nurl = \"rediss://127.0.0.1:6390\"\nca_file = \"redis-ca.pem\"\n"
     );
-    let out = check("redis.toml", &redis, &[]);
-    assert_eq!(out.status.code(), Some(2), "{}", out.all());
-    assert!(
-        out.stderr.contains("holds no PEM certificate"),
-        "{}",
-        out.all()
-    );
+    refused(check("redis.toml", &redis, &[]), "holds no PEM certificate");
     std::fs::remove_file(dir.path().join("redis-ca.pem")).unwrap();
-    let out = check("redis.toml", &redis, &[]);
-    assert_eq!(out.status.code(), Some(2), "{}", out.all());
-    assert!(
-        out.stderr.contains("cannot read limits.redis.ca_file"),
-        "{}",
-        out.all()
+    refused(
+        check("redis.toml", &redis, &[]),
+        "cannot read limits.redis.ca_file",
     );
 }
 
