@@ -119,10 +119,10 @@ impl ConnectionSlot {
         first_request: Duration,
         idle: Duration,
     ) -> (Idleness, Option<Duration>) {
-        let requested = self.requested.load(Ordering::Relaxed);
-        if requested && !self.http2.load(Ordering::Relaxed) {
+        if self.timed_by_hyper() {
             return (Idleness::Busy, None);
         }
+        let requested = self.requested.load(Ordering::Relaxed);
         if self.in_flight.load(Ordering::Relaxed) > 0 {
             return (Idleness::Busy, Some(idle));
         }
@@ -146,6 +146,12 @@ impl ConnectionSlot {
             Some(left) if !left.is_zero() => (Idleness::Busy, Some(left.min(idle))),
             _ => (verdict, Some(idle)),
         }
+    }
+
+    /// An HTTP/1 connection that has made a request: hyper's `header_read_timeout` times it
+    /// from then on (see [`idleness`](Self::idleness)).
+    pub(crate) fn timed_by_hyper(&self) -> bool {
+        self.requested.load(Ordering::Relaxed) && !self.http2.load(Ordering::Relaxed)
     }
 
     fn request_finished(&self) {

@@ -1431,6 +1431,42 @@ async fn clients_that_send_nothing_or_too_little_are_cut_off() {
     plain.stop().await;
 }
 
+/// Once an HTTP/1 connection has made a request the proxy leaves its timing to hyper (its own
+/// first-request timer is dropped, `server::check_after`): the connection is still served
+/// and still closed when it goes quiet for the header timeout.
+#[tokio::test]
+async fn a_kept_alive_http1_connection_that_goes_quiet_is_closed_at_the_header_timeout() {
+    let upstream = NodeUpstream::start();
+    let limit = Duration::from_millis(500);
+    let proxy = TestProxy::start(&upstream.url(), |config| {
+        config.server.header_read_timeout = PositiveDuration(limit);
+    })
+    .await;
+    let mut conn = proxy.client().h1_conn().await;
+    for i in 0..3 {
+        if i > 0 {
+            tokio::time::sleep(limit / 2).await;
+        }
+        let response = send_h1(&mut conn, get("/api/hello")).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        body_bytes(response).await;
+    }
+    let quiet_since = Instant::now();
+    let closed = tokio::time::timeout(limit * 8, async {
+        while !conn.is_closed() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let took = quiet_since.elapsed();
+    assert!(closed.is_ok(), "still open {took:?} after its last request");
+    assert!(
+        took >= limit - Duration::from_millis(50),
+        "closed after {took:?}, before the header timeout of {limit:?}"
+    );
+    proxy.stop().await;
+}
+
 #[tokio::test]
 async fn expect_100_continue_gets_its_interim_response_and_the_body_goes_through() {
     let upstream = NodeUpstream::start();

@@ -4,9 +4,12 @@
 
 mod worker;
 
+use std::future::poll_fn;
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt as _;
@@ -304,7 +307,7 @@ impl Connection {
                     connection.as_mut().graceful_shutdown();
                     closing = true;
                 }
-                _ = sleep_for(check_again) => {}
+                _ = check_after(check_again, &self.slot) => {}
             }
         }
     }
@@ -341,6 +344,21 @@ async fn sleep_for(duration: Option<Duration>) {
         Some(duration) => tokio::time::sleep(duration).await,
         None => std::future::pending().await,
     }
+}
+
+/// Sleeps until the connection's timeouts are worth judging again: after `duration`, or at
+/// once when hyper has taken over its timing (its first HTTP/1 request), so that the loop
+/// drops the timer instead of polling it on every wake-up until it fires.
+async fn check_after(duration: Option<Duration>, slot: &ConnectionSlot) {
+    let Some(duration) = duration else {
+        return std::future::pending().await;
+    };
+    let mut sleep = pin!(tokio::time::sleep(duration));
+    poll_fn(|cx| match slot.timed_by_hyper() {
+        true => Poll::Ready(()),
+        false => sleep.as_mut().poll(cx),
+    })
+    .await
 }
 
 /// The bound listeners: one public socket shared by every worker (each holds a duplicate),
