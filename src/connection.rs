@@ -90,10 +90,12 @@ impl ConnectionSlot {
     /// A request arrived; it is in flight until the returned guard is dropped (with the
     /// response body, see [`TrackedBody`]).
     pub(crate) fn request_started(self: &Arc<Self>, version: http::Version) -> InFlight {
-        self.requested.store(true, Ordering::Relaxed);
+        // `http2` first: whoever sees `requested` must not take an HTTP/2 connection for HTTP/1
+        // (`timed_by_hyper`).
         if version == http::Version::HTTP_2 {
             self.http2.store(true, Ordering::Relaxed);
         }
+        self.requested.store(true, Ordering::Release);
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(self.clone())
     }
@@ -151,7 +153,7 @@ impl ConnectionSlot {
     /// An HTTP/1 connection that has made a request: hyper's `header_read_timeout` times it
     /// from then on (see [`idleness`](Self::idleness)).
     pub(crate) fn timed_by_hyper(&self) -> bool {
-        self.requested.load(Ordering::Relaxed) && !self.http2.load(Ordering::Relaxed)
+        self.requested.load(Ordering::Acquire) && !self.http2.load(Ordering::Relaxed)
     }
 
     fn request_finished(&self) {
