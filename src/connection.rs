@@ -90,8 +90,8 @@ impl ConnectionSlot {
     /// A request arrived; it is in flight until the returned guard is dropped (with the
     /// response body, see [`TrackedBody`]).
     pub(crate) fn request_started(self: &Arc<Self>, version: http::Version) -> InFlight {
-        // `http2` first: whoever sees `requested` must not take an HTTP/2 connection for HTTP/1
-        // (`timed_by_hyper`).
+        // `http2` first (defensive: today only the connection's own task reads these): whoever
+        // sees `requested` must not take an HTTP/2 connection for HTTP/1 (`timed_by_hyper`).
         if version == http::Version::HTTP_2 {
             self.http2.store(true, Ordering::Relaxed);
         }

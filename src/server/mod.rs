@@ -259,15 +259,14 @@ impl Connection {
         let service = service_fn(move |request| {
             let http1 = request.version() < Version::HTTP_2;
             let in_flight = slot.request_started(request.version());
-            // `handle`'s own future, mapped, not an `async` block around it (the block would
-            // hold that future, several KiB, a second time), and boxed: hyper moves the
+            // `handle`'s own future, boxed, then mapped (not an `async` block around it: the
+            // block would hold that future, several KiB, a second time). hyper moves the
             // service's future into its dispatcher, and over HTTP/2 into a task it spawns per
-            // stream, and a box moves as a pointer.
-            Box::pin(
-                app.clone()
-                    .handle(request, conn, slot.clone())
-                    .map(move |answered| answered.map(|r| tracked(r, http1, in_flight))),
-            )
+            // stream: boxed, it moves as a pointer; boxed before the `map`, it is copied into
+            // the box once (GET 45,548 -> 45,355 instructions per request, HTTP/2 59,904 ->
+            // 59,700, against boxing the mapped future).
+            Box::pin(app.clone().handle(request, conn, slot.clone()))
+                .map(move |answered| answered.map(|r| tracked(r, http1, in_flight)))
         });
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
         tokio::pin!(connection);
@@ -346,9 +345,10 @@ async fn sleep_for(duration: Option<Duration>) {
     }
 }
 
-/// Sleeps until the connection's timeouts are worth judging again: after `duration`, or at
-/// once when hyper has taken over its timing (its first HTTP/1 request), so that the loop
-/// drops the timer instead of polling it on every wake-up until it fires.
+/// Sleeps until the connection's timeouts are worth judging again: after `duration` (never for
+/// `None`), or as soon as it is polled after hyper took over the connection's timing (its
+/// first HTTP/1 request), so that the loop drops the timer instead of polling it on every
+/// wake-up until it fires.
 async fn check_after(duration: Option<Duration>, slot: &ConnectionSlot) {
     let Some(duration) = duration else {
         return std::future::pending().await;
